@@ -1,0 +1,1 @@
+"""Synthetic corpus, tokenizer, seqio tasks and mixtures, and the multi-stream batcher."""

@@ -1,0 +1,1 @@
+"""Flax building blocks: attention, Conformer block, subsampling, lightweight convolution, pooling."""

@@ -1,0 +1,1 @@
+"""Training objectives: gin-configurable functions (model, variables, batch, rng, step) -> (loss, metrics)."""

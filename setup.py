@@ -1,0 +1,36 @@
+"""maestro-jax: joint speech-text pretraining (MAESTRO, ASTRA, SONAR distillation, BEST-RQ) in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="maestro-jax",
+    version="0.1.0",
+    description="Joint speech-text pretraining in JAX/Flax: MAESTRO, ASTRA, BEST-RQ and SONAR distillation.",
+    python_requires=">=3.11,<3.12",
+    packages=find_packages(include=["maestro_jax", "maestro_jax.*"]),
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "seqio==0.0.20",
+        "tensorflow>=2.21,<2.22",
+        "tensorflow-text>=2.21,<2.22",
+        "tensorflow-datasets>=4.9.10,<4.10",
+        "gin-config>=0.5,<0.6",
+        "sentencepiece>=0.2,<0.3",
+        "numpy>=2.0,<3",
+        "soundfile>=0.12",
+        "jiwer>=4,<5",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "maestro-data=maestro_jax.cli.data:main",
+        ],
+    },
+)
