@@ -1,0 +1,448 @@
+"""The multi-stream batcher: one host's shard of every seqio stream, padded to static shapes, resumable.
+
+State is skip-based. Each task of a stream is read one epoch at a time from `Task.get_dataset(num_epochs=1)` with a
+seed derived from (seed, stream, task, epoch), so epoch e's order is a pure function of those four values; the state
+records, per task, the epoch and the number of examples already taken from it. Restoring rebuilds that epoch's
+dataset and skips that many examples: at most one epoch of one shard is re-read, and the state stays a few integers
+(tf.data iterator checkpoints would hold shuffle buffers full of audio). Mixtures are sampled here, with one uniform
+draw per example from a counter-based generator, rather than by `Mixture.get_dataset`, so that each task keeps its own
+resumable epoch and the mixing decisions resume exactly too.
+"""
+
+import copy
+import dataclasses
+import hashlib
+import math
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import seqio
+
+from maestro_jax.data import preprocessors, tasks
+
+STATE_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamSpec:
+    """One stream of the batcher.
+
+    Attributes:
+      task: a registered seqio task or mixture name.
+      batch_size: examples per step on this host (B).
+      max_samples: padded waveform length N in samples at 16 kHz; None for a stream without audio (text).
+      max_tokens: padded token length U; None for a stream without text (untranscribed speech).
+      split: the split to read; None takes each task's only split (every task in `tasks` has one).
+      bucket_boundaries: optional increasing padded lengths (samples for streams with audio, else tokens) below the
+        maximum; each batch is padded to the smallest boundary that holds its longest example, so the step sees at
+        most len(bucket_boundaries) + 1 shapes. Example order is not changed by bucketing.
+    """
+
+    task: str
+    batch_size: int
+    max_samples: int | None = None
+    max_tokens: int | None = None
+    split: str | None = None
+    bucket_boundaries: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"StreamSpec for '{self.task}' has batch_size={self.batch_size}; it must be >= 1")
+        if self.max_samples is None and self.max_tokens is None:
+            raise ValueError(f"StreamSpec for '{self.task}' sets neither max_samples nor max_tokens; set at least one")
+        limit = self.max_samples if self.max_samples is not None else self.max_tokens
+        bounds = tuple(self.bucket_boundaries)
+        if list(bounds) != sorted(set(bounds)) or (bounds and (bounds[0] < 1 or bounds[-1] >= limit)):
+            raise ValueError(
+                f"StreamSpec for '{self.task}' has bucket_boundaries={bounds}; they must increase strictly and lie "
+                f"in [1, {limit}) (the stream's max_samples, or max_tokens without audio)"
+            )
+
+    @property
+    def needs_audio(self) -> bool:
+        return self.max_samples is not None
+
+    @property
+    def needs_text(self) -> bool:
+        return self.max_tokens is not None
+
+
+def _derived_seed(*parts) -> int:
+    """A stable 31-bit seed from a tuple of values (Python's hash() changes between processes)."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
+
+
+def _bucket_length(longest: int, boundaries: tuple[int, ...], limit: int) -> int:
+    for boundary in boundaries:
+        if longest <= boundary:
+            return boundary
+    return limit
+
+
+def pad_examples(
+    examples: list[dict], batch_size: int, *, max_samples: int | None, max_tokens: int | None
+) -> dict[str, np.ndarray]:
+    """Stacks up to `batch_size` examples into zero-padded arrays; missing rows are all padding (length 0).
+
+    Returns `waveform` f32[B, N], `waveform_length` i32[B] when `max_samples` is set and `tokens` i32[B, U],
+    `token_length` i32[B] when `max_tokens` is set, with N = max_samples and U = max_tokens.
+    """
+    batch = {}
+    if max_samples is not None:
+        batch["waveform"] = np.zeros([batch_size, max_samples], np.float32)
+        batch["waveform_length"] = np.zeros([batch_size], np.int32)
+        for row, example in enumerate(examples):
+            samples = example["waveform"].shape[0]
+            batch["waveform"][row, :samples] = example["waveform"]
+            batch["waveform_length"][row] = samples
+    if max_tokens is not None:
+        batch["tokens"] = np.zeros([batch_size, max_tokens], np.int32)
+        batch["token_length"] = np.zeros([batch_size], np.int32)
+        for row, example in enumerate(examples):
+            count = example["tokens"].shape[0]
+            batch["tokens"][row, :count] = example["tokens"]
+            batch["token_length"][row] = count
+    return batch
+
+
+class _TaskReader:
+    """Reads one task's split for one stream, epoch after epoch, remembering (epoch, position) for resumption."""
+
+    def __init__(self, stream: str, task: str, split: str, *, seed: int, shard_info: seqio.ShardInfo):
+        self.stream, self.task, self.split = stream, task, split
+        self._seed, self._shard_info = seed, shard_info
+        self.epoch, self.position = 0, 0
+        self._iterator = None
+
+    def _open(self) -> Iterator[dict]:
+        dataset = seqio.get_mixture_or_task(self.task).get_dataset(
+            sequence_length=None,
+            split=self.split,
+            shuffle=True,
+            seed=_derived_seed(self._seed, self.stream, self.task, self.epoch),
+            shard_info=self._shard_info,
+            num_epochs=1,
+            trim_output_features=False,
+            try_in_mem_cache=False,  # a fresh dataset per epoch would refill the cache every epoch
+        )
+        return dataset.skip(self.position).as_numpy_iterator()
+
+    def next_example(self) -> dict:
+        """The next example, rolling over to a freshly shuffled epoch at the end of one."""
+        for _ in range(2):
+            if self._iterator is None:
+                self._iterator = self._open()
+            example = next(self._iterator, None)
+            if example is not None:
+                self.position += 1
+                return example
+            if self.position == 0:
+                break
+            self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
+        raise ValueError(
+            f"split '{self.split}' of task '{self.task}' (stream '{self.stream}') yields no examples on shard "
+            f"{self._shard_info.index} of {self._shard_info.num_shards}; give it data or use fewer shards"
+        )
+
+    def get_state(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def set_state(self, state: Mapping) -> None:
+        self.epoch, self.position, self._iterator = int(state["epoch"]), int(state["position"]), None
+
+
+class _StreamReader:
+    """One stream: picks a task per example by mixture rate, drops (or rejects) bad examples, pads batches."""
+
+    # Give up when this many consecutive examples were dropped: the limits or the data are wrong, not a few outliers.
+    MAX_CONSECUTIVE_DROPS = 10_000
+
+    def __init__(self, name: str, spec: StreamSpec, *, seed: int, shard_info: seqio.ShardInfo, strict: bool):
+        self.name, self.spec, self._seed, self._strict = name, spec, seed, strict
+        rates = tasks.resolve_tasks(spec.task)
+        self._task_names = sorted(rates)
+        self._cumulative_rates = np.cumsum([rates[task] for task in self._task_names])
+        self._readers = {
+            task: _TaskReader(name, task, spec.split or tasks.only_split(task), seed=seed, shard_info=shard_info)
+            for task in self._task_names
+        }
+        self.draws = 0
+
+    def _choose_task(self) -> str:
+        if len(self._task_names) == 1:
+            return self._task_names[0]
+        # Philox is counter-based: draw k depends only on (seed, stream, k), which makes resumption exact.
+        generator = np.random.Generator(np.random.Philox(key=_derived_seed(self._seed, self.name), counter=self.draws))
+        index = int(np.searchsorted(self._cumulative_rates, generator.random() * self._cumulative_rates[-1], "right"))
+        return self._task_names[min(index, len(self._task_names) - 1)]
+
+    def _next_valid_example(self, stats: preprocessors.FilterStats) -> dict:
+        spec = self.spec
+        for _ in range(self.MAX_CONSECUTIVE_DROPS):
+            reader = self._readers[self._choose_task()]
+            self.draws += 1
+            example = reader.next_example()
+            reason = preprocessors.find_defect(
+                example,
+                needs_audio=spec.needs_audio,
+                needs_text=spec.needs_text,
+                max_samples=spec.max_samples,
+                max_tokens=spec.max_tokens,
+            )
+            if reason is None:
+                return example
+            if self._strict:
+                raise ValueError(
+                    preprocessors.describe_defect(
+                        reason,
+                        example,
+                        source=f"{reader.task}:{reader.split}",
+                        stream=self.name,
+                        max_samples=spec.max_samples,
+                        max_tokens=spec.max_tokens,
+                    )
+                )
+            stats.record(self.name, reason, example["id"])
+        raise ValueError(
+            f"stream '{self.name}' dropped {self.MAX_CONSECUTIVE_DROPS} examples in a row of '{spec.task}' "
+            f"(counts so far: {stats.as_dict().get(self.name)}); check max_samples={spec.max_samples}, "
+            f"max_tokens={spec.max_tokens} and the tokenizer against the data"
+        )
+
+    def next_batch(self, stats: preprocessors.FilterStats) -> dict[str, np.ndarray]:
+        spec = self.spec
+        examples = [self._next_valid_example(stats) for _ in range(spec.batch_size)]
+        max_samples, max_tokens = spec.max_samples, spec.max_tokens
+        if spec.bucket_boundaries and spec.needs_audio:
+            longest = max(e["waveform"].shape[0] for e in examples)
+            max_samples = _bucket_length(longest, spec.bucket_boundaries, spec.max_samples)
+        elif spec.bucket_boundaries:
+            longest = max(e["tokens"].shape[0] for e in examples)
+            max_tokens = _bucket_length(longest, spec.bucket_boundaries, spec.max_tokens)
+        return pad_examples(examples, spec.batch_size, max_samples=max_samples, max_tokens=max_tokens)
+
+    def get_state(self) -> dict:
+        return {"draws": self.draws, "tasks": {task: reader.get_state() for task, reader in self._readers.items()}}
+
+    def set_state(self, state: Mapping) -> None:
+        if sorted(state["tasks"]) != self._task_names:
+            raise ValueError(
+                f"saved state of stream '{self.name}' covers tasks {sorted(state['tasks'])}, but '{self.spec.task}' "
+                f"now has {self._task_names}; resume with the mixture the state was saved with"
+            )
+        self.draws = int(state["draws"])
+        for task, reader in self._readers.items():
+            reader.set_state(state["tasks"][task])
+
+
+class MultiStreamBatcher:
+    """Yields `{stream: batch}` forever, e.g. {"paired": {...}, "speech": {...}, "text": {...}}, as host-local numpy.
+
+    Each stream's batch follows docs/CONTRACTS.md: `waveform` f32[B, N], `waveform_length` i32[B] (streams with
+    max_samples) and `tokens` i32[B, U], `token_length` i32[B] (streams with max_tokens), zero-padded to the spec's
+    static lengths. Only shard `shard_index` of `num_shards` of every task is read. Bad examples are dropped and
+    counted in `filter_stats`, or raise a ValueError naming the example when `strict`. With `prefetch` > 0 a
+    background thread prepares that many batches ahead; `get_state` still describes the batches returned so far.
+    Call `close()` (or use the batcher as a context manager) to stop that thread.
+    """
+
+    def __init__(
+        self,
+        streams: Mapping[str, StreamSpec],
+        *,
+        seed: int,
+        shard_index: int = 0,
+        num_shards: int = 1,
+        strict: bool = False,
+        prefetch: int = 0,
+    ):
+        if not streams:
+            raise ValueError("MultiStreamBatcher needs at least one stream, e.g. {'paired': StreamSpec(...)}")
+        if not 0 <= shard_index < num_shards:
+            raise ValueError(f"shard_index={shard_index} must lie in [0, num_shards={num_shards})")
+        self.seed, self.shard_index, self.num_shards, self.prefetch = seed, shard_index, num_shards, prefetch
+        shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
+        self._streams = {
+            name: _StreamReader(name, spec, seed=seed, shard_info=shard_info, strict=strict)
+            for name, spec in streams.items()
+        }
+        self._producer_stats = preprocessors.FilterStats()
+        self._returned_state = self._producer_state()
+        self._thread, self._queue, self._stop = None, None, None
+
+    @property
+    def filter_stats(self) -> preprocessors.FilterStats:
+        """Dropped examples per stream and reason, up to the last batch returned."""
+        return preprocessors.FilterStats.from_dict(self._returned_state["filter_stats"])
+
+    def _producer_state(self) -> dict:
+        return {
+            "version": STATE_VERSION,
+            "seed": self.seed,
+            "shard_index": self.shard_index,
+            "num_shards": self.num_shards,
+            "streams": {name: stream.get_state() for name, stream in self._streams.items()},
+            "filter_stats": self._producer_stats.as_dict(),
+        }
+
+    def _produce(self) -> tuple[dict, dict]:
+        batch = {name: stream.next_batch(self._producer_stats) for name, stream in self._streams.items()}
+        return batch, self._producer_state()
+
+    def _produce_ahead(self, stop: threading.Event, out: queue.Queue) -> None:
+        while not stop.is_set():
+            try:
+                item = self._produce()
+            except Exception as error:  # handed to the consumer, which raises it at the batch that failed
+                out.put(error)
+                return
+            out.put(item)
+
+    def __iter__(self) -> "MultiStreamBatcher":
+        return self
+
+    def __next__(self) -> dict[str, dict[str, np.ndarray]]:
+        if self.prefetch == 0:
+            batch, self._returned_state = self._produce()
+            return batch
+        if self._thread is None:
+            self._stop, self._queue = threading.Event(), queue.Queue(maxsize=self.prefetch)
+            self._thread = threading.Thread(
+                target=self._produce_ahead, args=(self._stop, self._queue), name="MultiStreamBatcher", daemon=True
+            )
+            self._thread.start()
+        item = self._queue.get()
+        if isinstance(item, Exception):
+            self._thread.join()
+            self._thread = None
+            raise item
+        batch, self._returned_state = item
+        return batch
+
+    def close(self) -> None:
+        """Stops the prefetch thread; batches it prepared are discarded and will be produced again if needed."""
+        if self._thread is None:
+            return
+        self._stop.set()
+        while self._thread.is_alive():
+            try:  # unblocks a producer waiting on a full queue
+                self._queue.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        self._thread.join()
+        self._thread = None
+        self._restore(self._returned_state)
+
+    def __enter__(self) -> "MultiStreamBatcher":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def get_state(self) -> dict:
+        """A small JSON-serialisable dict: per stream and task the epoch and examples taken, plus filter counts."""
+        return copy.deepcopy(self._returned_state)
+
+    def set_state(self, state: Mapping) -> None:
+        """Restores `get_state()`'s output; the next batches equal those an uninterrupted batcher would give."""
+        saved = (state.get("version"), state.get("seed"), state.get("shard_index"), state.get("num_shards"))
+        current = (STATE_VERSION, self.seed, self.shard_index, self.num_shards)
+        if saved != current:
+            raise ValueError(
+                f"batcher state (version, seed, shard_index, num_shards)={saved} does not match this batcher's "
+                f"{current}; resume with the seed and host layout the state was saved with"
+            )
+        if sorted(state["streams"]) != sorted(self._streams):
+            raise ValueError(
+                f"batcher state has streams {sorted(state['streams'])} but this batcher has {sorted(self._streams)}"
+            )
+        self.close()
+        self._restore(state)
+
+    def _restore(self, state: Mapping) -> None:
+        for name, stream in self._streams.items():
+            stream.set_state(state["streams"][name])
+        self._producer_stats = preprocessors.FilterStats.from_dict(state["filter_stats"])
+        self._returned_state = self._producer_state()
+
+
+def eval_batches(
+    task: str,
+    *,
+    batch_size: int,
+    split: str | None = None,
+    max_samples: int | None = None,
+    max_tokens: int | None = None,
+    needs_audio: bool = True,
+    needs_text: bool = True,
+    samples_multiple: int = 1600,
+    tokens_multiple: int = 8,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    drop_invalid: bool = False,
+    filter_stats: preprocessors.FilterStats | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Iterates a task's split once, in order, in batches of `batch_size`; the last partial batch is padded.
+
+    Each batch has the CONTRACTS features of the requested modalities plus `valid` bool[B] (False for padding rows),
+    `id` and `text` object[B] (str; "" for padding rows). With max_samples / max_tokens None, each batch is padded to
+    its longest example rounded up to `samples_multiple` / `tokens_multiple`, which bounds the number of shapes. Bad
+    examples raise a ValueError naming them, or with `drop_invalid` are skipped and counted in `filter_stats` (stream
+    "eval") when one is given.
+    """
+    split = split or tasks.only_split(task)
+    dataset = seqio.get_mixture_or_task(task).get_dataset(
+        sequence_length=None,
+        split=split,
+        shuffle=False,
+        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
+        num_epochs=1,
+        trim_output_features=False,
+        try_in_mem_cache=False,
+    )
+
+    def valid_examples() -> Iterator[dict]:
+        for example in dataset.as_numpy_iterator():
+            reason = preprocessors.find_defect(
+                example,
+                needs_audio=needs_audio,
+                needs_text=needs_text,
+                max_samples=max_samples,
+                max_tokens=max_tokens,
+            )
+            if reason is None:
+                yield example
+            elif drop_invalid and filter_stats is not None:
+                filter_stats.record("eval", reason, example["id"])
+            elif not drop_invalid:
+                raise ValueError(
+                    preprocessors.describe_defect(
+                        reason,
+                        example,
+                        source=f"{task}:{split}",
+                        stream="eval",
+                        max_samples=max_samples,
+                        max_tokens=max_tokens,
+                        drop_option="pass drop_invalid=True to eval_batches",
+                    )
+                )
+
+    def round_up(length: int, multiple: int) -> int:
+        return max(multiple, multiple * math.ceil(length / multiple))
+
+    examples = valid_examples()
+    while chunk := [example for _, example in zip(range(batch_size), examples)]:
+        samples = tokens = None
+        if needs_audio:
+            samples = max_samples or round_up(max(e["waveform"].shape[0] for e in chunk), samples_multiple)
+        if needs_text:
+            tokens = max_tokens or round_up(max(e["tokens"].shape[0] for e in chunk), tokens_multiple)
+        batch = pad_examples(chunk, batch_size, max_samples=samples, max_tokens=tokens)
+        batch["valid"] = np.arange(batch_size) < len(chunk)
+        for key in ("id", "text"):
+            values = [preprocessors.to_str(e[key]) for e in chunk] + [""] * (batch_size - len(chunk))
+            batch[key] = np.array(values, dtype=object)
+        yield batch

@@ -1,0 +1,227 @@
+"""MultiStreamBatcher: CONTRACTS batch format, epochs, determinism, sharding, resumption, buckets; eval_batches."""
+
+import json
+
+import numpy as np
+import pytest
+import sentencepiece
+import seqio
+import soundfile
+
+from maestro_jax.data import batcher, tasks, tokenizer
+
+SENTENCES = [
+    "the cat sat on the mat",
+    "a dog ran in the park",
+    "we like green tea",
+    "she sells sea shells",
+    "birds fly over the hill",
+    "red boats sail at dawn",
+]
+PAIRED_LENGTHS = [1000 + 137 * i for i in range(10)]  # distinct, so a row's length names its utterance
+SPEECH_LENGTHS = [3000 + 11 * i for i in range(6)]
+STEPS = 8
+
+
+def audio(index: int, samples: int) -> np.ndarray:
+    return (np.random.default_rng(index).uniform(-1, 1, samples) * 20000).astype(np.int16)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Registers `bt_paired_files` (10 transcribed wavs), `bt_speech_files` (6 untranscribed) and mixtures `bt_*`."""
+    root = tmp_path_factory.mktemp("batcher_corpus")
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(SENTENCES * 5),
+        model_prefix=str(root / "spm"),
+        vocab_size=30,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        character_coverage=1.0,
+        minloglevel=2,
+    )
+    vocabulary = tokenizer.make_vocabulary(root / "spm.model")
+    rows = []
+    for i, samples in enumerate(PAIRED_LENGTHS):
+        soundfile.write(root / f"p{i}.wav", audio(i, samples), 16000)
+        rows.append({"id": f"p{i}", "audio": f"p{i}.wav", "text": SENTENCES[i % len(SENTENCES)]})
+    (root / "paired.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (root / "speech").mkdir()
+    for i, samples in enumerate(SPEECH_LENGTHS):
+        soundfile.write(root / "speech" / f"s{i}.wav", audio(100 + i, samples), 16000)
+    tasks.register_audio_files_task("bt_paired_files", root / "paired.jsonl", vocabulary)
+    tasks.register_audio_files_task("bt_speech_files", root / "speech", vocabulary)
+    tasks.register_stream_mixtures(
+        "bt",
+        paired={"bt_paired_files": 1.0},
+        speech={"bt_speech_files": 1.0, "bt_paired_files": 1.0},
+        text={"bt_paired_files": 1.0},
+    )
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(root / "spm.model"))
+    return {
+        "waveforms": {samples: audio(i, samples) / 32768.0 for i, samples in enumerate(PAIRED_LENGTHS)}
+        | {samples: audio(100 + i, samples) / 32768.0 for i, samples in enumerate(SPEECH_LENGTHS)},
+        "token_rows": {tuple(processor.encode(s)) for s in SENTENCES},
+        "texts": {samples: rows[i]["text"] for i, samples in enumerate(PAIRED_LENGTHS)},
+        "processor": processor,
+    }
+
+
+SPECS = {
+    "paired": batcher.StreamSpec("bt_paired", batch_size=3, max_samples=4000, max_tokens=32),
+    "speech": batcher.StreamSpec("bt_speech", batch_size=2, max_samples=4000, bucket_boundaries=(2300, 3030)),
+    "text": batcher.StreamSpec("bt_text", batch_size=4, max_tokens=32),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(corpus):
+    """STEPS batches of one run with seed 7, and the JSON-round-tripped state before each of them."""
+    run = batcher.MultiStreamBatcher(SPECS, seed=7)
+    states, batches = [], []
+    for _ in range(STEPS):
+        states.append(json.loads(json.dumps(run.get_state())))
+        batches.append(next(run))
+    return states, batches
+
+
+def assert_batches_equal(a, b):
+    assert a.keys() == b.keys()
+    for stream in a:
+        assert a[stream].keys() == b[stream].keys()
+        for key in a[stream]:
+            np.testing.assert_array_equal(a[stream][key], b[stream][key], err_msg=f"{stream}/{key}")
+
+
+def test_batches_follow_the_contract_and_hold_the_source_data(corpus, uninterrupted):
+    _, batches = uninterrupted
+    for batch in batches:
+        assert batch["paired"].keys() == {"waveform", "waveform_length", "tokens", "token_length"}
+        assert batch["speech"].keys() == {"waveform", "waveform_length"}
+        assert batch["text"].keys() == {"tokens", "token_length"}
+        assert batch["paired"]["waveform"].shape == (3, 4000) and batch["paired"]["waveform"].dtype == np.float32
+        assert batch["paired"]["tokens"].shape == (3, 32) and batch["paired"]["tokens"].dtype == np.int32
+        assert batch["text"]["tokens"].shape == (4, 32)
+        for stream in ("paired", "speech"):
+            for row, length in zip(batch[stream]["waveform"], batch[stream]["waveform_length"]):
+                assert batch[stream]["waveform_length"].dtype == np.int32
+                np.testing.assert_array_equal(row[:length], corpus["waveforms"][int(length)])
+                assert not row[length:].any()
+        for stream in ("paired", "text"):
+            for row, length in zip(batch[stream]["tokens"], batch[stream]["token_length"]):
+                assert tuple(row[:length]) in corpus["token_rows"]
+                assert not row[length:].any()
+        for length, tokens, count in zip(
+            batch["paired"]["waveform_length"], batch["paired"]["tokens"], batch["paired"]["token_length"]
+        ):
+            assert tokens[:count].tolist() == corpus["processor"].encode(corpus["texts"][int(length)])
+
+
+def test_each_epoch_is_a_fresh_permutation(uninterrupted):
+    _, batches = uninterrupted
+    drawn = np.concatenate([b["paired"]["waveform_length"] for b in batches]).tolist()
+    first, second = drawn[:10], drawn[10:20]
+    assert sorted(first) == sorted(second) == PAIRED_LENGTHS
+    assert first != second
+
+
+def test_buckets_pad_to_the_smallest_boundary_that_fits(uninterrupted):
+    _, batches = uninterrupted
+    widths = set()
+    for batch in batches:
+        longest = batch["speech"]["waveform_length"].max()
+        expected = next((b for b in (2300, 3030) if longest <= b), 4000)
+        assert batch["speech"]["waveform"].shape == (2, expected)
+        widths.add(expected)
+    assert len(widths) >= 2
+
+
+@pytest.mark.parametrize("step", [2, 3, 6])  # step 3 crosses the paired stream's first epoch boundary
+def test_resume_equals_uninterrupted_run(uninterrupted, step):
+    states, batches = uninterrupted
+    resumed = batcher.MultiStreamBatcher(SPECS, seed=7)
+    resumed.set_state(states[step])
+    assert_batches_equal(next(resumed), batches[step])
+    assert resumed.get_state() == states[step + 1]
+
+
+def test_fresh_batcher_is_deterministic_and_seed_matters(corpus, uninterrupted):
+    _, batches = uninterrupted
+    assert_batches_equal(next(batcher.MultiStreamBatcher(SPECS, seed=7)), batches[0])
+    other = next(batcher.MultiStreamBatcher({"paired": SPECS["paired"]}, seed=8))
+    other_order = [next(batcher.MultiStreamBatcher({"paired": SPECS["paired"]}, seed=s)) for s in (9, 10)]
+    orders = {tuple(b["paired"]["waveform_length"]) for b in [batches[0], other, *other_order]}
+    assert len(orders) > 1
+
+
+def test_shards_partition_each_epoch(corpus):
+    spec = batcher.StreamSpec("bt_paired_files", batch_size=1, max_samples=4000, max_tokens=32)
+    seen = []
+    for shard_index in range(2):
+        shard = batcher.MultiStreamBatcher({"paired": spec}, seed=3, shard_index=shard_index, num_shards=2)
+        seen.append({int(next(shard)["paired"]["waveform_length"][0]) for _ in range(5)})
+    assert len(seen[0]) == len(seen[1]) == 5
+    assert seen[0] | seen[1] == set(PAIRED_LENGTHS)
+
+
+def test_mixture_sampling_follows_rates(corpus):
+    tasks.register_stream_mixtures("rates", speech={"bt_speech_files": 3.0, "bt_paired_files": 1.0})
+    spec = batcher.StreamSpec("rates_speech", batch_size=1, max_samples=4000)
+    stream = batcher._StreamReader("speech", spec, seed=0, shard_info=seqio.ShardInfo(0, 1), strict=False)
+    draws = 4000
+    picks = []
+    for draw in range(draws):
+        stream.draws = draw
+        picks.append(stream._choose_task())
+    share = picks.count("bt_speech_files") / draws
+    assert abs(share - 0.75) < 4 * np.sqrt(0.75 * 0.25 / draws)
+
+
+def test_state_from_another_seed_or_layout_is_refused(uninterrupted):
+    states, _ = uninterrupted
+    with pytest.raises(ValueError, match="seed and host layout"):
+        batcher.MultiStreamBatcher(SPECS, seed=8).set_state(states[1])
+    with pytest.raises(ValueError, match="streams"):
+        batcher.MultiStreamBatcher({"paired": SPECS["paired"]}, seed=7).set_state(states[1])
+
+
+def test_eval_batches_cover_the_split_once_in_order(corpus):
+    batches = list(batcher.eval_batches("bt_paired_files", batch_size=4, samples_multiple=500, tokens_multiple=8))
+    assert [b["valid"].tolist() for b in batches] == [[True] * 4, [True] * 4, [True, True, False, False]]
+    ids = [i for b in batches for i, v in zip(b["id"], b["valid"]) if v]
+    assert ids == [f"p{i}" for i in range(10)]
+    for batch in batches:
+        longest = batch["waveform_length"].max()
+        assert batch["waveform"].shape[1] == 500 * int(np.ceil(longest / 500))
+        assert batch["tokens"].shape[1] % 8 == 0
+    last = batches[-1]
+    assert not last["waveform"][2:].any() and not last["waveform_length"][2:].any()
+    assert last["text"][2:].tolist() == ["", ""]
+    lengths = [int(n) for b in batches for n, v in zip(b["waveform_length"], b["valid"]) if v]
+    assert lengths == PAIRED_LENGTHS
+
+
+def test_resume_exactly_at_an_epoch_end(corpus):
+    spec = {"paired": batcher.StreamSpec("bt_paired_files", batch_size=5, max_samples=4000, max_tokens=32)}
+    run = batcher.MultiStreamBatcher(spec, seed=5)
+    next(run), next(run)
+    state = run.get_state()
+    assert state["streams"]["paired"]["tasks"]["bt_paired_files"] == {"epoch": 0, "position": 10}
+    resumed = batcher.MultiStreamBatcher(spec, seed=5)
+    resumed.set_state(state)
+    assert_batches_equal(next(resumed), next(run))
+
+
+def test_prefetching_batcher_gives_the_same_batches_and_states(uninterrupted):
+    states, batches = uninterrupted
+    with batcher.MultiStreamBatcher(SPECS, seed=7, prefetch=2) as ahead:
+        for step in range(3):
+            assert_batches_equal(next(ahead), batches[step])
+            assert ahead.get_state() == states[step + 1]
+        ahead.close()  # discards prefetched batches; the next ones are produced again from the returned state
+        assert_batches_equal(next(ahead), batches[3])
+    with batcher.MultiStreamBatcher(SPECS, seed=7, prefetch=2) as resumed:
+        resumed.set_state(states[5])
+        assert_batches_equal(next(resumed), batches[5])
