@@ -1,0 +1,93 @@
+"""Small pieces every layer shares: partitioned dense/norm factories, activation constraints, sinusoids, masks."""
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from maestro_jax.frontend import frame_mask
+
+Dtype = Any
+default_kernel_init = nn.initializers.lecun_normal()
+
+__all__ = ["Dense", "DenseGeneral", "LayerNorm", "constrain", "frame_mask", "masked_fill", "sinusoid"]
+
+
+def Dense(
+    features: int,
+    kernel_axes: tuple[str | None, str | None],
+    *,
+    dtype: Dtype = jnp.float32,
+    use_bias: bool = True,
+    kernel_init=default_kernel_init,
+    name: str | None = None,
+) -> nn.Dense:
+    """nn.Dense whose kernel [in, out] carries logical axes `kernel_axes` and bias [out] carries kernel_axes[1]."""
+    return nn.Dense(
+        features,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(kernel_init, kernel_axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), kernel_axes[1:]),
+        name=name,
+    )
+
+
+def DenseGeneral(
+    features: int | tuple[int, ...],
+    kernel_axes: tuple[str | None, ...],
+    *,
+    axis: int | tuple[int, ...] = -1,
+    dtype: Dtype = jnp.float32,
+    use_bias: bool = True,
+    name: str | None = None,
+) -> nn.DenseGeneral:
+    """nn.DenseGeneral with logical axes on the kernel (input axes then output axes) and on the bias (output axes)."""
+    num_out = 1 if isinstance(features, int) else len(features)
+    return nn.DenseGeneral(
+        features,
+        axis=axis,
+        use_bias=use_bias,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=nn.with_logical_partitioning(default_kernel_init, kernel_axes),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), kernel_axes[-num_out:]),
+        name=name,
+    )
+
+
+def LayerNorm(axis_name: str = "embed", *, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:
+    """nn.LayerNorm (epsilon 1e-5, statistics in float32) with scale and bias on logical axis `axis_name`."""
+    return nn.LayerNorm(
+        epsilon=1e-5,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), (axis_name,)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axis_name,)),
+        name=name,
+    )
+
+
+def constrain(x: jax.Array, axes: tuple[str | None, ...]) -> jax.Array:
+    """Sharding constraint on logical axes; a no-op outside a mesh with axis rules."""
+    return nn.with_logical_constraint(x, axes)
+
+
+def masked_fill(x: jax.Array, mask: jax.Array, value: float = 0.0) -> jax.Array:
+    """x [B, T, ...] with positions where bool mask [B, T] is False set to `value`."""
+    mask = mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
+    return jnp.where(mask, x, jnp.asarray(value, x.dtype))
+
+
+def sinusoid(positions: jax.Array, dim: int, *, max_timescale: float = 10000.0) -> jax.Array:
+    """Sinusoidal embedding f32[..., dim] = [sin(p w_i), cos(p w_i)] with w_i = max_timescale^(-2i/dim), i < dim/2.
+
+    `positions` may be negative (relative distances) or fractional; `dim` must be even.
+    """
+    if dim % 2:
+        raise ValueError(f"sinusoidal embeddings need an even dimension; got dim={dim}. Use an even model dim.")
+    inv_freq = max_timescale ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq
+    return jnp.concatenate([jnp.sin(angles), jnp.cos(angles)], axis=-1)

@@ -1,0 +1,211 @@
+"""Conformer block (Gulati et al. 2020) and a stack of blocks with optional rematerialisation and nn.scan.
+
+Block equations on x [B, T, D] with valid-frame mask m [B, T]:
+    x = x + 1/2 FFN(x)                       FFN = LN -> Dense(D, F) -> swish -> Dense(F, D)
+    x = x + MHSA(LN(x), keys masked by m)    relative (Transformer-XL) or plain
+    x = x + Conv(x)                          LN -> Dense(D, 2D) -> GLU -> zero padding -> depthwise conv k -> norm
+                                             -> swish -> Dense(D, D)
+    x = x + 1/2 FFN(x)
+    y = LN(x), 0 at padded frames
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from maestro_jax.layers.attention import MultiHeadAttention
+from maestro_jax.layers.common import Dense, Dtype, LayerNorm, constrain, masked_fill
+from maestro_jax.layers.transformer import FeedForward, TransformerBlock
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "everything": jax.checkpoint_policies.everything_saveable,
+}
+CONV_NORMS = ("layer", "batch", "group")
+
+
+def _channel_norm(kind: str, num_groups: int, train: bool, dtype: Dtype, name: str):
+    """The conv module's norm over channels ("mlp" axis): a callable (y [B, T, C], mask [B, T]) -> [B, T, C]."""
+    scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("mlp",))
+    bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",))
+    if kind == "layer":
+        norm = LayerNorm("mlp", dtype=dtype, name=name)
+        return lambda y, mask: norm(y)
+    if kind == "batch":
+        # Statistics over valid frames only, so padding never reaches a valid output (running stats in "batch_stats").
+        norm = nn.BatchNorm(
+            use_running_average=not train,
+            momentum=0.99,
+            epsilon=1e-5,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            scale_init=scale_init,
+            bias_init=bias_init,
+            name=name,
+        )
+        return lambda y, mask: norm(y, mask=jnp.broadcast_to(mask[..., None], y.shape))
+    if kind == "group":
+        norm = nn.GroupNorm(
+            num_groups=num_groups,
+            epsilon=1e-5,
+            dtype=dtype,
+            param_dtype=jnp.float32,
+            scale_init=scale_init,
+            bias_init=bias_init,
+            name=name,
+        )
+        return lambda y, mask: norm(y, mask=jnp.broadcast_to(mask[..., None], y.shape))
+    raise ValueError(f"unknown conv_norm {kind!r}; choose one of {CONV_NORMS} (gin: ModelConfig.conv_norm).")
+
+
+class ConvolutionModule(nn.Module):
+    """Conformer convolution module on x [B, T, D] with mask [B, T]; returns the residual branch [B, T, D]."""
+
+    kernel_size: int
+    norm: str = "layer"
+    num_groups: int = 8
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        if self.kernel_size % 2 == 0:
+            raise ValueError(f"conv kernel_size must be odd for centred padding; got {self.kernel_size}.")
+        dim = x.shape[-1]
+        y = LayerNorm(dtype=self.dtype)(x)
+        y = Dense(2 * dim, ("embed", "mlp"), dtype=self.dtype, name="pointwise_in")(y)
+        y = nn.glu(y, axis=-1)
+        y = masked_fill(y, mask)  # padded frames must not leak into valid ones through the kernel
+        y = nn.Conv(
+            dim,
+            (self.kernel_size,),
+            padding="SAME",
+            feature_group_count=dim,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv", None, "mlp")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
+            name="depthwise",
+        )(y)
+        y = _channel_norm(self.norm, self.num_groups, train, self.dtype, "conv_norm")(y, mask)
+        y = nn.swish(y)
+        y = Dense(dim, ("mlp", "embed"), dtype=self.dtype, name="pointwise_out")(y)
+        y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+        return constrain(y, ("batch", "length", "embed"))
+
+
+class ConformerBlock(nn.Module):
+    """One Conformer block on x [B, T, D] with bool mask [B, T] (equations in the module docstring)."""
+
+    num_heads: int
+    ff_dim: int
+    kernel_size: int
+    conv_norm: str = "layer"
+    relative_position: bool = True
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
+        dim = x.shape[-1]
+        if dim % self.num_heads:
+            raise ValueError(f"model dim {dim} is not divisible by num_heads={self.num_heads}; change either.")
+        x = x + 0.5 * FeedForward(self.ff_dim, self.dropout_rate, self.dtype, name="feed_forward_1")(x, train=train)
+        y = LayerNorm(dtype=self.dtype, name="attention_norm")(x)
+        y = MultiHeadAttention(
+            self.num_heads,
+            dim // self.num_heads,
+            self.relative_position,
+            self.dropout_rate,
+            self.dtype,
+            name="attention",
+        )(y, y, mask, train=train)
+        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+        x = x + ConvolutionModule(
+            self.kernel_size, self.conv_norm, dropout_rate=self.dropout_rate, dtype=self.dtype, name="convolution"
+        )(x, mask, train=train)
+        x = x + 0.5 * FeedForward(self.ff_dim, self.dropout_rate, self.dtype, name="feed_forward_2")(x, train=train)
+        x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
+        return masked_fill(constrain(x, ("batch", "length", "embed")), mask)
+
+
+def _block_class(block_type: str, remat_policy: str, *, scanned: bool = False):
+    if block_type not in ("conformer", "transformer"):
+        raise ValueError(f"unknown block_type {block_type!r}; choose 'conformer' or 'transformer'.")
+    block = ConformerBlock if block_type == "conformer" else TransformerBlock
+    if remat_policy == "none":
+        return block
+    if remat_policy not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {remat_policy!r}; choose 'none' or one of {sorted(REMAT_POLICIES)}.")
+    # Inside nn.scan the loop already stops XLA from merging recomputation away, so CSE prevention only costs time.
+    return nn.remat(block, policy=REMAT_POLICIES[remat_policy], prevent_cse=not scanned, static_argnums=(3,))
+
+
+class _ScannedBlock(nn.Module):
+    """One scan step: carry x [B, T, D] -> (block(x), None); `train` is an attribute so scan never traces it."""
+
+    block_type: str
+    remat_policy: str
+    block_kwargs: dict
+    train: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array):
+        return _block_class(self.block_type, self.remat_policy, scanned=True)(**self.block_kwargs, name="block")(
+            x, mask, self.train
+        ), None
+
+
+class ConformerStack(nn.Module):
+    """`num_layers` Conformer (or Transformer) blocks on x [B, T, D] with mask [B, T]; padded frames come out 0.
+
+    remat_policy: "none", "full", "dots", "dots_no_batch" or "everything" (jax.checkpoint policy per block).
+    scan_layers: stack the blocks' params on a leading "layers" axis and run them with nn.scan (one compile per stack).
+    """
+
+    num_layers: int
+    num_heads: int
+    ff_dim: int
+    kernel_size: int = 15
+    conv_norm: str = "layer"
+    relative_position: bool = True
+    dropout_rate: float = 0.0
+    block_type: str = "conformer"
+    remat_policy: str = "none"
+    scan_layers: bool = False
+    dtype: Dtype = jnp.float32
+
+    def _block_kwargs(self) -> dict:
+        kwargs = dict(
+            num_heads=self.num_heads,
+            ff_dim=self.ff_dim,
+            relative_position=self.relative_position,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+        )
+        if self.block_type == "conformer":
+            kwargs.update(kernel_size=self.kernel_size, conv_norm=self.conv_norm)
+        return kwargs
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+        x = masked_fill(x, mask)
+        if self.num_layers == 0:
+            return x
+        if self.scan_layers:
+            scanned = nn.scan(
+                _ScannedBlock,
+                variable_axes={"params": 0, "batch_stats": 0},
+                split_rngs={"params": True, "dropout": True},
+                in_axes=(nn.broadcast,),
+                length=self.num_layers,
+                metadata_params={nn.PARTITION_NAME: "layers"},
+            )
+            x, _ = scanned(self.block_type, self.remat_policy, self._block_kwargs(), train, name="layers")(x, mask)
+            return x
+        block = _block_class(self.block_type, self.remat_policy)
+        for i in range(self.num_layers):
+            x = block(**self._block_kwargs(), name=f"layer_{i}")(x, mask, train)
+        return x
