@@ -1,0 +1,76 @@
+"""maestro-train: `maestro-train --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]`.
+
+Gin files are searched in the current directory and the repository's gin/ directory; `--gin.X=Y` adds the binding
+`X = Y` after all files (macros too: `--gin.TRAIN_STEPS=200`).
+"""
+
+import argparse
+import logging
+import os
+import sys
+
+import gin
+
+import maestro_jax  # noqa: F401  (registers every gin-configurable module)
+from maestro_jax import distributed, train
+
+GIN_SEARCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")
+
+
+class GinConfigError(ValueError):
+    """A gin file or binding could not be applied."""
+
+
+def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(gin files, gin bindings) from the command line; `--gin.NAME=VALUE` becomes the binding `NAME = VALUE`."""
+    parser = argparse.ArgumentParser(prog="maestro-train", description=__doc__.splitlines()[0])
+    parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
+    args, rest = parser.parse_known_args(argv)
+    bindings = []
+    for arg in rest:
+        if not arg.startswith("--gin.") or "=" not in arg:
+            parser.error(f"unrecognised argument {arg!r}; expected --gin_file=FILE or --gin.NAME=VALUE")
+        name, value = arg[len("--gin.") :].split("=", 1)
+        bindings.append(f"{name} = {value}")
+    if not args.gin_file:
+        parser.error("give at least one --gin_file (e.g. --gin_file=runs/cpu_debug.gin plus model/objective/data)")
+    return args.gin_file, bindings
+
+
+def configure_gin(gin_files: list[str], bindings: list[str]) -> None:
+    """Parses files then bindings; an unknown configurable or parameter names the binding and where it came from."""
+    gin.add_config_file_search_path(GIN_SEARCH_DIR)
+    for path in gin_files:
+        try:
+            gin.parse_config_file(path)
+        except (ValueError, KeyError, SyntaxError) as error:
+            raise GinConfigError(f"gin file {path!r}: {error}") from error
+    for binding in bindings:
+        try:
+            gin.parse_config(binding)
+        except (ValueError, KeyError, SyntaxError) as error:
+            flag = "--gin." + binding.replace(" = ", "=", 1)
+            raise GinConfigError(f"command-line binding {flag!r}: {error}") from error
+    gin.finalize()
+
+
+def main(argv: list[str] | None = None) -> int:
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("maestro_jax")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
+    gin_files, bindings = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        configure_gin(gin_files, bindings)
+    except GinConfigError as error:
+        print(f"maestro-train: {error}", file=sys.stderr)
+        return 2
+    distributed.initialize_distributed()
+    train.train()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""Training metrics: TensorBoard (tf.summary), metrics.jsonl, tqdm progress bar, loss PNG, and MFU.
+
+Only process 0 writes; other processes get a writer whose methods do nothing.
+"""
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Dense bf16 peak FLOP/s per chip (vendor data sheets). Keys are substrings of `jax.Device.device_kind`, most
+# specific first.
+PEAK_FLOPS_BY_DEVICE_KIND: tuple[tuple[str, float], ...] = (
+    ("TPU v6 lite", 918e12),  # v6e
+    ("TPU v6e", 918e12),
+    ("TPU v5 lite", 197e12),  # v5e
+    ("TPU v5e", 197e12),
+    ("TPU v5p", 459e12),
+    ("TPU v5", 459e12),
+    ("TPU v4", 275e12),
+    ("H200", 989e12),
+    ("H100", 989e12),
+    ("A100", 312e12),
+)
+
+
+def measure_cpu_matmul_peak(size: int = 512, repeats: int = 5) -> float:
+    """FLOP/s of a jitted f32 [size, size] matmul on this CPU device (best of `repeats`)."""
+    x = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    matmul(x).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        matmul(x).block_until_ready()
+        best = min(best, time.perf_counter() - start)
+    return 2.0 * size**3 / best
+
+
+def peak_flops_per_device(device: jax.Device | None = None) -> tuple[float, str]:
+    """(peak FLOP/s, where it came from): a table lookup by device_kind, or a matmul probe on CPU."""
+    device = jax.devices()[0] if device is None else device
+    for kind, flops in PEAK_FLOPS_BY_DEVICE_KIND:
+        if kind.lower() in device.device_kind.lower():
+            return flops, f"table[{kind}]"
+    if device.platform == "cpu":
+        return measure_cpu_matmul_peak(), "cpu matmul probe"
+    raise ValueError(
+        f"no peak FLOP/s known for device kind {device.device_kind!r}; add it to "
+        "maestro_jax.metrics.PEAK_FLOPS_BY_DEVICE_KIND."
+    )
+
+
+def model_flops_utilization(flops_per_step_per_device: float, steps_per_second: float, peak_flops: float) -> float:
+    """Achieved per-device FLOP/s over the device's peak."""
+    return flops_per_step_per_device * steps_per_second / peak_flops
+
+
+class MetricsWriter:
+    """Writes scalars to TensorBoard event files and `metrics.jsonl` in `model_dir` (process 0 only)."""
+
+    def __init__(self, model_dir: str, *, enabled: bool | None = None, tensorboard: bool = True):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self.model_dir = model_dir
+        self.jsonl_path = os.path.join(model_dir, "metrics.jsonl")
+        self._summary_writer = None
+        if not self.enabled:
+            return
+        os.makedirs(model_dir, exist_ok=True)
+        self._jsonl = open(self.jsonl_path, "a")
+        if tensorboard:
+            import tensorflow as tf
+
+            tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take accelerator memory from JAX
+            self._tf = tf
+            self._summary_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+
+    @staticmethod
+    def _metadata(plugin_name: str):
+        # What tf.summary.scalar/text would attach, without needing the tensorboard package at write time.
+        from tensorflow.core.framework import summary_pb2
+
+        return summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name=plugin_name))
+
+    def write(self, step: int, scalars: dict):
+        """Logs `scalars` (name -> number) at `step`."""
+        if not self.enabled:
+            return
+        scalars = {k: float(v) for k, v in scalars.items()}
+        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
+        self._jsonl.flush()
+        if self._summary_writer is not None:
+            with self._summary_writer.as_default():
+                for name, value in scalars.items():
+                    self._tf.summary.write(name, value, step=int(step), metadata=self._metadata("scalars"))
+            self._summary_writer.flush()
+
+    def write_text(self, name: str, text: str, step: int = 0):
+        """Logs text (e.g. the operative config) to TensorBoard."""
+        if self.enabled and self._summary_writer is not None:
+            with self._summary_writer.as_default():
+                self._tf.summary.write(name, text, step=step, metadata=self._metadata("text"))
+            self._summary_writer.flush()
+
+    def close(self):
+        if self.enabled:
+            self._jsonl.close()
+            if self._summary_writer is not None:
+                self._summary_writer.close()
+
+
+def read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_loss_curves(jsonl_path: str, png_path: str, *, keys_prefix: str = "loss") -> None:
+    """Plots every metric whose name starts with `keys_prefix` (and eval/ metrics) against step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_jsonl(jsonl_path)
+    names = sorted({k for row in rows for k in row if k.startswith(keys_prefix) or k.startswith("eval/")})
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name in names:
+        points = np.asarray([(row["step"], row[name]) for row in rows if name in row and np.isfinite(row[name])])
+        if len(points):
+            ax.plot(points[:, 0], points[:, 1], label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("value")
+    ax.set_yscale("log" if all(row.get("loss", 1) > 0 for row in rows) else "linear")
+    ax.legend(fontsize="small")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=100)
+    plt.close(fig)
+
+
+class ProgressBar:
+    """tqdm bar over training steps showing loss and steps/s (tqdm adds the ETA); silent off process 0."""
+
+    def __init__(self, *, initial: int, total: int, enabled: bool = True):
+        self._bar = None
+        if enabled and jax.process_index() == 0:
+            from tqdm import tqdm
+
+            self._bar = tqdm(initial=initial, total=total, unit="step", dynamic_ncols=True)
+
+    def update(self, steps: int, **postfix):
+        if self._bar is not None:
+            self._bar.update(steps)
+            if postfix:
+                self._bar.set_postfix({k: f"{v:.4g}" for k, v in postfix.items()}, refresh=False)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()

@@ -1,0 +1,163 @@
+"""Device mesh, the one logical-axis rules table, and shardings for params, optimizer state and batches.
+
+Layers name their axes logically (`batch`, `length`, `embed`, `mlp`, `heads`, `kv`, `vocab`, `conv`, `layers`,
+`codebook`, `proj`); this module maps them to the mesh axes `data`, `fsdp`, `tensor`. The same code path serves one
+CPU device and a multi-slice pod: only the mesh sizes change.
+"""
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import gin
+import jax
+import numpy as np
+from jax.experimental import mesh_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# The one table. `batch` spreads over every data-parallel axis; params shard their `embed` dim over `fsdp` (ZeRO-3
+# style) and their wide dims over `tensor`.
+DEFAULT_LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("conv", None),
+    ("layers", None),
+    ("codebook", None),
+    ("proj", None),
+)
+
+
+@gin.configurable
+def logical_axis_rules(rules: Sequence[tuple[str, str | tuple[str, ...] | None]] = DEFAULT_LOGICAL_AXIS_RULES):
+    """The logical -> mesh axis rules in force (override in gin with `logical_axis_rules.rules = [...]`)."""
+    return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+
+
+def _resolve_fill(sizes: Sequence[int], total: int, what: str) -> tuple[int, ...]:
+    """Replaces a single -1 in `sizes` by whatever makes their product equal `total`."""
+    sizes = list(sizes)
+    if sizes.count(-1) > 1:
+        raise ValueError(f"{what} sizes {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1 ('the rest').")
+    known = math.prod(s for s in sizes if s != -1)
+    if -1 in sizes:
+        if total % known:
+            raise ValueError(
+                f"{what} sizes {dict(zip(MESH_AXES, sizes))} do not divide the {total} available devices; "
+                "change make_mesh.data/fsdp/tensor."
+            )
+        sizes[sizes.index(-1)] = total // known
+    if math.prod(sizes) != total:
+        raise ValueError(
+            f"{what} sizes {dict(zip(MESH_AXES, sizes))} multiply to {math.prod(sizes)} but {total} devices are "
+            "available; set one of make_mesh.data/fsdp/tensor to -1 to take the rest."
+        )
+    return tuple(sizes)
+
+
+def device_grid(
+    *,
+    data: int = -1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    dcn_data: int = 1,
+    dcn_fsdp: int = 1,
+    dcn_tensor: int = 1,
+    devices: Sequence[jax.Device],
+) -> np.ndarray:
+    """The [data, fsdp, tensor] array of devices `make_mesh` wraps (sizes as in `make_mesh`)."""
+    devices = list(devices)
+    dcn_shape = (dcn_data, dcn_fsdp, dcn_tensor)
+    num_slices = math.prod(dcn_shape)
+    if len(devices) % num_slices:
+        raise ValueError(f"{len(devices)} devices cannot form {num_slices} slices (make_mesh.dcn_* = {dcn_shape}).")
+    ici_shape = _resolve_fill((data, fsdp, tensor), len(devices) // num_slices, "make_mesh ICI")
+    if num_slices > 1:
+        return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices=devices)
+    try:
+        return mesh_utils.create_device_mesh(ici_shape, devices=devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        # Device subsets (tests, odd counts) have no physical topology to follow.
+        return np.asarray(devices).reshape(ici_shape)
+
+
+@gin.configurable
+def make_mesh(
+    *,
+    data: int = -1,
+    fsdp: int = 1,
+    tensor: int = 1,
+    dcn_data: int = 1,
+    dcn_fsdp: int = 1,
+    dcn_tensor: int = 1,
+    devices: Sequence[jax.Device] | None = None,
+) -> Mesh:
+    """A (data, fsdp, tensor) mesh over `devices` (default: all global devices).
+
+    data/fsdp/tensor are the sizes within one slice (ICI); one of them may be -1 for "the rest". dcn_* are the
+    number of slices along each axis (multi-slice over DCN); when any is > 1 the mesh comes from
+    `mesh_utils.create_hybrid_device_mesh` so that only the DCN axes cross slices. Mesh axis sizes are ici * dcn.
+    """
+    grid = device_grid(
+        data=data,
+        fsdp=fsdp,
+        tensor=tensor,
+        dcn_data=dcn_data,
+        dcn_fsdp=dcn_fsdp,
+        dcn_tensor=dcn_tensor,
+        devices=jax.devices() if devices is None else devices,
+    )
+    return Mesh(grid, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+
+
+def logical_to_sharding(logical_specs, mesh: Mesh, rules=None):
+    """Maps a pytree of logical PartitionSpecs to NamedShardings on `mesh` through the rules table."""
+    return nn.logical_to_mesh_sharding(logical_specs, mesh, logical_axis_rules() if rules is None else rules)
+
+
+def state_shardings(abstract_boxed_state, mesh: Mesh, rules=None):
+    """NamedShardings for every leaf of an abstract state whose params (and optimizer moments) are still boxed.
+
+    Leaves without logical annotations (step counters, rng, scalar optimizer counts) are replicated.
+    """
+    return logical_to_sharding(nn.get_partition_spec(abstract_boxed_state), mesh, rules)
+
+
+def batch_sharding(mesh: Mesh, rules=None) -> NamedSharding:
+    """Sharding for batch leaves: dim 0 over the mesh axes the `batch` rule names, the rest replicated."""
+    return logical_to_sharding(PartitionSpec("batch"), mesh, rules)
+
+
+def global_batch(local_batch, mesh: Mesh, rules=None):
+    """Assembles global jax arrays from each process's host-local numpy batch (leaves [B_local, ...]).
+
+    Every process passes its own shard; the global batch size is B_local * process_count.
+    """
+    sharding = batch_sharding(mesh, rules)
+
+    def to_global(x):
+        x = np.asarray(x)
+        global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
+        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+
+    return jax.tree.map(to_global, local_batch)
+
+
+def abstract_global_batch(local_batch, mesh: Mesh, rules=None):
+    """ShapeDtypeStructs (with shardings) of the global batch `global_batch(local_batch, ...)` would build."""
+    sharding = batch_sharding(mesh, rules)
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype, sharding=sharding),
+        local_batch,
+    )
+
+
+def with_shardings(abstract_tree, shardings):
+    """Attaches shardings to a pytree of ShapeDtypeStructs (targets for AOT compile and checkpoint restore)."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_tree, shardings)

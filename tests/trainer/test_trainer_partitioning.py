@@ -1,0 +1,77 @@
+"""Mesh construction, the rules table, and parameter/batch shardings on 8 simulated devices."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+import trainer_toy as toy
+from jax.sharding import PartitionSpec
+
+from maestro_jax import partitioning, trainer
+
+
+def test_mesh_fills_minus_one_and_rejects_bad_sizes():
+    mesh = partitioning.make_mesh(data=-1, fsdp=2, tensor=2)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert dict(partitioning.make_mesh(devices=jax.devices()[:1]).shape) == {"data": 1, "fsdp": 1, "tensor": 1}
+    with pytest.raises(ValueError, match="do not divide the 8"):
+        partitioning.make_mesh(data=-1, fsdp=3)
+    with pytest.raises(ValueError, match="multiply to 4"):
+        partitioning.make_mesh(data=2, fsdp=2, tensor=1)
+
+
+def test_hybrid_mesh_puts_dcn_axis_across_slices():
+    class FakeDevice:
+        def __init__(self, i):
+            self.id, self.slice_index, self.process_index = i, i // 4, i // 4
+            self.platform, self.device_kind = "cpu", "fake"
+
+    devices = [FakeDevice(i) for i in range(8)]
+    grid = partitioning.device_grid(data=1, fsdp=-1, tensor=1, dcn_data=2, devices=devices)
+    assert grid.shape == (2, 4, 1)
+    assert {d.slice_index for d in grid[0].flat} == {0} and {d.slice_index for d in grid[1].flat} == {1}
+    with pytest.raises(ValueError, match="cannot form 3 slices"):
+        partitioning.device_grid(dcn_data=3, devices=devices)
+
+
+def test_rules_map_logical_axes_to_mesh_axes():
+    mesh = partitioning.make_mesh(data=2, fsdp=2, tensor=2)
+    # An activation's embed dim cannot reuse fsdp once batch has taken it.
+    sharding = partitioning.logical_to_sharding(PartitionSpec("batch", "length", "embed"), mesh)
+    assert sharding.spec == PartitionSpec(("data", "fsdp"), None, None)
+    assert partitioning.logical_to_sharding(PartitionSpec("embed", "mlp"), mesh).spec == PartitionSpec("fsdp", "tensor")
+    custom = partitioning.logical_axis_rules([("embed", None), ("mlp", ["fsdp", "tensor"])])
+    spec = partitioning.logical_to_sharding(PartitionSpec("embed", "mlp"), mesh, custom).spec
+    assert spec == PartitionSpec(None, ("fsdp", "tensor"))
+
+
+def test_fsdp8_stores_one_eighth_of_params_and_moments_per_device():
+    mesh = partitioning.make_mesh(data=1, fsdp=8, tensor=1)
+    rules = partitioning.logical_axis_rules()
+    batch = next(toy.ToyBatcher(0, 1, 0, global_batch_size=8))
+    abstract_batch = partitioning.abstract_global_batch(batch, mesh, rules)
+    init_fn = trainer.make_init_fn(toy.ToyMLP(), optax.adam(1e-3), use_ema=False)
+    rng = jax.random.PRNGKey(0)
+    _, shardings = trainer.abstract_and_shardings(init_fn, rng, abstract_batch, mesh, rules)
+    state = trainer.initialize_state(
+        init_fn, rng, partitioning.global_batch(batch, mesh, rules), shardings, mesh, rules
+    )
+    for tree in (state.params, state.opt_state[0].mu):
+        kernels = [x for x in jax.tree.leaves(tree) if x.ndim == 2]
+        total = sum(x.nbytes for x in kernels)
+        per_device = {}
+        for x in kernels:
+            for shard in x.addressable_shards:
+                per_device[shard.device] = per_device.get(shard.device, 0) + shard.data.nbytes
+        assert len(per_device) == 8
+        assert set(per_device.values()) == {total // 8}
+
+
+def test_global_batch_is_sharded_over_data_axes():
+    mesh = partitioning.make_mesh(data=4, fsdp=2, tensor=1)
+    local = next(toy.ToyBatcher(0, 1, 0, global_batch_size=16))
+    batch = partitioning.global_batch(local, mesh)
+    assert batch["x"].shape == (16, toy.FEATURES)
+    assert batch["x"].sharding.spec == PartitionSpec(("data", "fsdp"))
+    assert {shard.data.shape for shard in batch["x"].addressable_shards} == {(2, toy.FEATURES)}
+    np.testing.assert_array_equal(np.asarray(batch["x"]), local["x"])
