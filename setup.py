@@ -17,6 +17,7 @@ setup(
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
         "tensorflow-datasets>=4.9.10,<4.10",
+        "importlib_resources>=6",  # tensorflow-datasets needs it to prepare a builder but does not declare it
         "gin-config>=0.5,<0.6",
         "sentencepiece>=0.2,<0.3",
         "numpy>=2.0,<3",
@@ -31,6 +32,8 @@ setup(
     entry_points={
         "console_scripts": [
             "maestro-data=maestro_jax.cli.data:main",
+            "maestro-train=maestro_jax.cli.train:main",
+            "maestro-params=maestro_jax.cli.params:main",
         ],
     },
 )
