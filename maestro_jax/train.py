@@ -78,6 +78,7 @@ def train(
     eval_every_steps: int = 0,
     progress_bar: bool = True,
     tensorboard: bool = True,
+    init_hooks: tuple[Callable, ...] = (),
     mesh: Mesh | None = None,
 ) -> trainer.TrainState:
     """Trains until `train_steps` (resuming from the latest checkpoint in model_dir/checkpoints) and returns the state.
@@ -91,6 +92,7 @@ def train(
     skipped steps in a row. checkpoint_every_steps / keep_checkpoints / keep_best_checkpoints by best_metric
     (best_mode "min" or "max"; an "eval/..." name ranks by eval metrics). log_every_steps: metrics cadence.
     eval_fn(model, variables, step) -> dict of scalars, run every eval_every_steps (0: only at the end).
+    init_hooks: functions variables -> variables run after model.init (e.g. `init_teacher_from_checkpoint`).
     mesh: defaults to `partitioning.make_mesh()` (gin-configurable sizes).
     """
     os.makedirs(model_dir, exist_ok=True)
@@ -109,7 +111,7 @@ def train(
     abstract_batch = partitioning.abstract_global_batch(first_local_batch, mesh, rules)
     batch_shardings = jax.tree.map(lambda x: x.sharding, abstract_batch)
 
-    init_fn = trainer.make_init_fn(model, optimizer, use_ema=ema_decay is not None)
+    init_fn = trainer.make_init_fn(model, optimizer, use_ema=ema_decay is not None, init_hooks=init_hooks)
     rng = jax.random.PRNGKey(seed)
     abstract_state, state_shardings = trainer.abstract_and_shardings(init_fn, rng, abstract_batch, mesh, rules)
 

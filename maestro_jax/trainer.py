@@ -1,6 +1,6 @@
 """Train state, optimizer and schedules, and the one jitted train step (grad accumulation, EMA, NaN guard)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax
@@ -102,13 +102,21 @@ def make_optimizer(
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), core)
 
 
-def make_init_fn(model: nn.Module, optimizer: optax.GradientTransformation, *, use_ema: bool) -> Callable:
-    """`init(rng, batch) -> TrainState` with params still boxed (logical axis metadata); unbox after sharding."""
+def make_init_fn(
+    model: nn.Module, optimizer: optax.GradientTransformation, *, use_ema: bool, init_hooks: Sequence[Callable] = ()
+) -> Callable:
+    """`init(rng, batch) -> TrainState` with params still boxed (logical axis metadata); unbox after sharding.
+
+    init_hooks: functions variables -> variables applied after `model.init`, e.g. to add a frozen teacher collection
+    read from a checkpoint (its arrays become constants of the init computation).
+    """
 
     def init(rng, batch):
         init_rng, train_rng = jax.random.split(rng)
         variables = model.init(init_rng, batch, train=False)
         variables = dict(variables)
+        for hook in init_hooks:
+            variables = dict(hook(variables))
         params = variables.pop("params")
         zero = jnp.zeros((), jnp.int32)
         return TrainState(

@@ -1,7 +1,9 @@
 """maestro-train: `maestro-train --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]`.
 
-Gin files are searched in the current directory and the repository's gin/ directory; `--gin.X=Y` adds the binding
-`X = Y` after all files (macros too: `--gin.TRAIN_STEPS=200`).
+Gin files are searched in the current directory, the repository root and the repository's gin/ directory. Includes
+inside gin files are written from the repository root ('gin/models/tiny.gin'): gin would take a bare 'models/...' for
+a Python package named `models` if one is importable. `--gin.X=Y` adds the binding `X = Y` after all files (macros
+too: `--gin.TRAIN_STEPS=200`).
 """
 
 import argparse
@@ -11,10 +13,11 @@ import sys
 
 import gin
 
-import maestro_jax  # noqa: F401  (registers every gin-configurable module)
+import maestro_jax
 from maestro_jax import distributed, train
 
-GIN_SEARCH_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "gin")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+GIN_SEARCH_DIRS = (REPO_ROOT, os.path.join(REPO_ROOT, "gin"))
 
 
 class GinConfigError(ValueError):
@@ -39,7 +42,9 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
 
 def configure_gin(gin_files: list[str], bindings: list[str]) -> None:
     """Parses files then bindings; an unknown configurable or parameter names the binding and where it came from."""
-    gin.add_config_file_search_path(GIN_SEARCH_DIR)
+    maestro_jax.register_configurables()
+    for directory in GIN_SEARCH_DIRS:
+        gin.add_config_file_search_path(directory)
     for path in gin_files:
         try:
             gin.parse_config_file(path)

@@ -35,27 +35,48 @@ def Dense(
     )
 
 
-def DenseGeneral(
-    features: int | tuple[int, ...],
-    kernel_axes: tuple[str | None, ...],
-    *,
-    axis: int | tuple[int, ...] = -1,
-    dtype: Dtype = jnp.float32,
-    use_bias: bool = True,
-    name: str | None = None,
-) -> nn.DenseGeneral:
-    """nn.DenseGeneral with logical axes on the kernel (input axes then output axes) and on the bias (output axes)."""
-    num_out = 1 if isinstance(features, int) else len(features)
-    return nn.DenseGeneral(
-        features,
-        axis=axis,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.with_logical_partitioning(default_kernel_init, kernel_axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), kernel_axes[-num_out:]),
-        name=name,
-    )
+class DenseGeneral(nn.Module):
+    """Dense over several input axes to one or more output axes, kernel [*in, *out] on logical axes `kernel_axes`
+    (input axes then output axes), bias [*out] on the output axes.
+
+    Unlike nn.DenseGeneral it initialises the kernel at its full shape, so the logical sharding constraint of the boxed
+    kernel always sees the rank it names (nn.DenseGeneral initialises a flattened 2-D kernel and then reshapes it).
+    """
+
+    features: int | tuple[int, ...]
+    kernel_axes: tuple[str | None, ...]
+    axis: int | tuple[int, ...] = -1
+    dtype: Dtype = jnp.float32
+    use_bias: bool = True
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = (self.features,) if isinstance(self.features, int) else tuple(self.features)
+        axes = (self.axis,) if isinstance(self.axis, int) else tuple(self.axis)
+        axes = tuple(sorted(a % x.ndim for a in axes))
+        in_shape = tuple(x.shape[a] for a in axes)
+        num_in, num_out = len(in_shape), len(features)
+        init = nn.initializers.lecun_normal(
+            in_axis=tuple(range(num_in)), out_axis=tuple(range(num_in, num_in + num_out))
+        )
+        kernel = self.param(
+            "kernel", nn.with_logical_partitioning(init, self.kernel_axes), in_shape + features, jnp.float32
+        )
+        x = jnp.asarray(x, self.dtype)
+        batch_axes = [a for a in range(x.ndim) if a not in axes]
+        x = jnp.transpose(x, batch_axes + list(axes))
+        y = jnp.tensordot(
+            x, jnp.asarray(kernel, self.dtype), axes=(tuple(range(len(batch_axes), x.ndim)), tuple(range(num_in)))
+        )
+        if self.use_bias:
+            bias = self.param(
+                "bias",
+                nn.with_logical_partitioning(nn.initializers.zeros_init(), self.kernel_axes[-num_out:]),
+                features,
+                jnp.float32,
+            )
+            y = y + jnp.asarray(bias, self.dtype)
+        return y
 
 
 def LayerNorm(axis_name: str = "embed", *, dtype: Dtype = jnp.float32, name: str | None = None) -> nn.LayerNorm:

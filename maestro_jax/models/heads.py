@@ -19,6 +19,16 @@ class CTCHead(nn.Module):
         return Dense(self.config.vocab_size, ("embed", "vocab"), dtype=jnp.float32, name="output")(h)
 
 
+class BestRQHead(nn.Module):
+    """h f32[B, T, D] -> logits f32[B, T, K] over the BEST-RQ codebook (K = bestrq_codebook_size)."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, h: jax.Array) -> jax.Array:
+        return Dense(self.config.bestrq_codebook_size, ("embed", "vocab"), dtype=jnp.float32, name="output")(h)
+
+
 class AttentionPooler(nn.Module):
     """A single learned query cross-attends the encoder output through a few layers, then LN + Dense to E.
 

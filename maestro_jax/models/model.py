@@ -13,7 +13,7 @@ from maestro_jax import frontend
 from maestro_jax.models.bestrq import BestRQQuantizer
 from maestro_jax.models.config import ModelConfig
 from maestro_jax.models.duration import DurationModel, Refiner, resample_by_duration
-from maestro_jax.models.heads import AttentionPooler, CTCHead
+from maestro_jax.models.heads import AttentionPooler, BestRQHead, CTCHead
 from maestro_jax.models.rnnt_decoder import JOINT_OUTPUT, RNNTDecoder, joint_output
 from maestro_jax.models.towers import SharedTower, SpeechTower, TextTower
 
@@ -36,6 +36,7 @@ class SpeechTextModel(nn.Module):
         self.rnnt_decoder = RNNTDecoder(cfg)
         self.ctc_head = CTCHead(cfg)
         self.pooler = AttentionPooler(cfg)
+        self.bestrq_head = BestRQHead(cfg)
         self.bestrq = BestRQQuantizer(
             cfg.bestrq_codebook_size, cfg.bestrq_codebook_dim, cfg.subsampling_factor, cfg.num_mel_bins
         )
@@ -78,6 +79,7 @@ class SpeechTextModel(nn.Module):
             "ctc_logits": self.ctc_logits(h),
             "pooled": self.pool(e_s, frame_length, train=train),
             "bestrq_labels": labels,
+            "bestrq_logits": self.bestrq_logits(h),
         }
 
     def encode_speech(
@@ -135,6 +137,10 @@ class SpeechTextModel(nn.Module):
     def pool(self, h: jax.Array, length: jax.Array, *, train: bool = False) -> jax.Array:
         """Attention pooler: (h f32[B, T, D], length) -> f32[B, E]."""
         return self.pooler(h, length, train=train)
+
+    def bestrq_logits(self, h: jax.Array) -> jax.Array:
+        """Shared-tower output h f32[B, T, D] -> f32[B, T, K] logits over the BEST-RQ codebook."""
+        return self.bestrq_head(h)
 
     def bestrq_targets(self, features: jax.Array, feature_length: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Raw log-mel f32[B, T0, 80] -> (labels i32[B, T0 // 4], label_length) at the encoder frame rate."""

@@ -19,6 +19,7 @@ TOWERS = (
     "rnnt_decoder",
     "ctc_head",
     "pooler",
+    "bestrq_head",
 )
 MODEL_GIN_DIR = Path(__file__).resolve().parents[2] / "gin" / "models"
 

@@ -81,6 +81,7 @@ def closed_form_counts(c) -> dict[str, int]:
         "rnnt_decoder": rnnt,
         "ctc_head": _dense(d, v),
         "pooler": pooler,
+        "bestrq_head": _dense(d, c.bestrq_codebook_size),
     }
     counts["speech+shared"] = speech + counts["shared_tower"]
     counts["total"] = sum(counts[k] for k in counts if k != "speech+shared")

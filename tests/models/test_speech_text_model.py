@@ -204,6 +204,7 @@ def test_call_touches_every_submodule(tiny):
         "rnnt_decoder",
         "ctc_head",
         "pooler",
+        "bestrq_head",
     }
     speech_only = {"speech": {"waveform": np.zeros((1, 800), np.float32), "waveform_length": np.array([800])}}
     with pytest.raises(ValueError, match="needs a stream with waveforms"):
