@@ -1,0 +1,90 @@
+"""Gin-configurable data entry points for training and evaluation on the synthetic corpus.
+
+`synthetic_streams` is what `train.make_data` binds to: fn(shard_index, num_shards, seed) -> MultiStreamBatcher.
+"""
+
+import fcntl
+import os
+from pathlib import Path
+
+import gin
+
+from maestro_jax.data import synthetic, tasks
+from maestro_jax.data.batcher import MultiStreamBatcher, StreamSpec, eval_batches
+
+SAMPLE_RATE = 16000
+# Which corpus split feeds each training stream.
+STREAM_SPLITS = {"paired": "paired_train", "speech": "speech_train", "text": "text_train"}
+
+
+@gin.configurable
+def synthetic_corpus(
+    *, corpus_dir: str | None = None, size: str = "tiny", seed: int = 0, vocab_size: int = 256
+) -> tuple[Path, str]:
+    """(corpus directory, size) of the synthetic corpus, built once (under a file lock) if missing, with its seqio
+    tasks registered.
+
+    corpus_dir: where the corpus lives (default corpora/synthetic_<size> under the working directory);
+    size: "tiny" | "small"; seed: the corpus seed; vocab_size: sentencepiece vocabulary size.
+    """
+    corpus_dir = Path(corpus_dir or os.path.join("corpora", f"synthetic_{size}"))
+    corpus_dir.parent.mkdir(parents=True, exist_ok=True)
+    if synthetic.cached_summary(corpus_dir, size, seed, vocab_size) is None:
+        with open(f"{corpus_dir}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            synthetic.build_corpus(corpus_dir, size, seed=seed, vocab_size=vocab_size)
+    tasks.register_synthetic_tasks(corpus_dir, size)
+    return corpus_dir, size
+
+
+@gin.configurable
+def synthetic_streams(
+    shard_index: int,
+    num_shards: int,
+    seed: int,
+    *,
+    streams: tuple[str, ...] = ("paired", "speech", "text"),
+    paired_batch_size: int = 8,
+    speech_batch_size: int = 8,
+    text_batch_size: int = 16,
+    max_seconds: float = 6.0,
+    max_tokens: int = 64,
+    prefetch: int = 2,
+    strict: bool = False,
+) -> MultiStreamBatcher:
+    """A MultiStreamBatcher over the synthetic corpus's training splits (paired_train, speech_train, text_train).
+
+    streams: which of "paired", "speech", "text" to feed. *_batch_size: per-host examples per step of each stream.
+    max_seconds: padded audio length (longer utterances are dropped and counted); max_tokens: padded token length.
+    prefetch: batches prepared ahead by a background thread. strict: stop on the first bad example.
+    """
+    _, size = synthetic_corpus()
+    batch_sizes = {"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size}
+    unknown = set(streams) - set(STREAM_SPLITS)
+    if unknown:
+        raise ValueError(f"unknown streams {sorted(unknown)}; synthetic_streams.streams takes {sorted(STREAM_SPLITS)}")
+    max_samples = int(max_seconds * SAMPLE_RATE)
+    specs = {
+        name: StreamSpec(
+            task=tasks.synthetic_task_name(size, STREAM_SPLITS[name]),
+            batch_size=batch_sizes[name],
+            max_samples=max_samples if name != "text" else None,
+            max_tokens=max_tokens if name != "speech" else None,
+        )
+        for name in streams
+    }
+    return MultiStreamBatcher(
+        specs, seed=seed, shard_index=shard_index, num_shards=num_shards, strict=strict, prefetch=prefetch
+    )
+
+
+def synthetic_eval_batches(split: str, *, batch_size: int = 16, shard_index: int = 0, num_shards: int = 1):
+    """One ordered pass over an evaluation split of the synthetic corpus (see `eval_batches`)."""
+    _, size = synthetic_corpus()
+    return eval_batches(
+        tasks.synthetic_task_name(size, split),
+        batch_size=batch_size,
+        needs_text=True,
+        shard_index=shard_index,
+        num_shards=num_shards,
+    )

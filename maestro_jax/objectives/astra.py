@@ -1,0 +1,177 @@
+"""ASTRA (Gaur et al., Interspeech 2024; US20250391399A1): text injection at token rate, no duration model.
+
+Our reading of the method, as implemented here. Notation: e_s = SpeechTower(x) f32[B, T, D] (speech frames),
+e_t = TextTower(y) f32[B, U, D] (one vector per token), d(a, b) = mean_D |a - b| (L1, default) or mean_D (a - b)^2.
+
+Paired stream (x, y), consistency through the transducer lattice. Every RNN-T alignment emits token u at exactly one
+frame t; the label arc (t, u) carries the distance d(e_s[t], e_t[u]). The loss is the expected distance over all
+alignments under the current model, i.e. a weighted RNN-T objective computed with forward-backward:
+    γ[t, u] = P(token u emitted at frame t | x, y)     (label-arc posteriors from alpha/beta, stop-gradient)
+    L_cons  = (1 / Σ_b U_b) Σ_b Σ_t Σ_u γ[b, t, u] d(e_s[b, t], e_t[b, u])
+Since Σ_t γ[t, u] = 1 for every token, L_cons is the mean over tokens of the expected distance to the frame that
+emits it. Hard variant (consistency="hard"): one speech vector per token from the best path (RNN-T Viterbi or CTC
+forced alignment), L_cons = mean_u d(e_s[t*_u], e_t[u]).
+    L_rnnt  = -log P_rnnt(y | Shared(e_s))                                   per token
+Text-only stream y, at token rate (no upsampling):
+    L_text  = -log P_rnnt(y | Shared(SpanMask(e_t)))                         per token; T = U frames
+Speech-only stream: L_bestrq.
+
+    L = w_bestrq L_bestrq + a_p (w_rnnt L_rnnt + w_cons L_cons) + a_t w_text L_text
+with the curriculum a_p = [step >= paired_start_step], a_t = [step >= text_start_step].
+"""
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from maestro_jax.layers.common import frame_mask
+from maestro_jax.losses.alignment import reduce_to_token_rate, rnnt_arc_posteriors
+from maestro_jax.losses.rnnt import rnnt_log_probs_fused
+from maestro_jax.models.bestrq import span_mask
+from maestro_jax.objectives.common import (
+    active_from,
+    best_path_emit_frames,
+    bestrq_terms,
+    call,
+    masked_mean,
+    per_token,
+    supervised_speech_terms,
+    transducer_nll,
+)
+
+
+def vector_distance(a: jax.Array, b: jax.Array, kind: str) -> jax.Array:
+    """Mean-over-D distance of broadcastable a, b f32[..., D] ("l1" or "mse") -> f32[...]."""
+    if kind == "l1":
+        return jnp.mean(jnp.abs(a - b), axis=-1)
+    if kind == "mse":
+        return jnp.mean(jnp.square(a - b), axis=-1)
+    raise ValueError(f"unknown consistency distance {kind!r}; set astra.distance to 'l1' or 'mse'.")
+
+
+def consistency_terms(model, variables, stream, aux, rng, *, consistency: str, aligner: str, distance: str, chunk_size):
+    """(L_cons, metrics) tying speech-tower frames to token-rate text-tower vectors (see the module docstring)."""
+    tokens, token_length = stream["tokens"], stream["token_length"]
+    e_s, frame_length = aux["e_s"], aux["frame_length"]
+    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng)
+    token_mask = frame_mask(token_length, tokens.shape[1])
+    if consistency == "soft":
+        log_probs = rnnt_log_probs_fused(
+            model.joint_output_fn,
+            jax.lax.stop_gradient(model.joint_params(variables["params"])),
+            jax.lax.stop_gradient(aux["enc_proj"]),
+            jax.lax.stop_gradient(aux["pred_proj"]),
+            tokens,
+            chunk_size=chunk_size,
+        )
+        posteriors = rnnt_arc_posteriors(log_probs, tokens, jnp.maximum(frame_length, 1), token_length)
+        posteriors = jax.lax.stop_gradient(posteriors) * token_mask[:, None, :]
+        expected = jnp.sum(posteriors * vector_distance(e_s[:, :, None, :], e_t[:, None, :, :], distance))
+        loss = expected / jnp.maximum(jnp.sum(token_mask), 1).astype(jnp.float32)
+    elif consistency == "hard":
+        emit_frames = best_path_emit_frames(
+            model,
+            variables,
+            aligner,
+            aux["h"],
+            frame_length,
+            aux["enc_proj"],
+            aux["pred_proj"],
+            tokens,
+            token_length,
+            chunk_size=chunk_size,
+        )
+        reduced = reduce_to_token_rate(e_s, emit_frames, token_length)
+        loss = masked_mean(vector_distance(reduced, e_t, distance), token_mask)
+    else:
+        raise ValueError(f"unknown consistency {consistency!r}; set astra.consistency to 'soft' or 'hard'.")
+    return loss, {"consistency_loss": loss}
+
+
+def token_rate_text_terms(model, variables, stream, rng, *, mask_prob: float, mask_span: int, chunk_size: int):
+    """(L_text, metrics): unspoken text -> text tower (token rate) -> span mask -> shared tower -> RNN-T."""
+    rng_text, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 4)
+    tokens, token_length = stream["tokens"], stream["token_length"]
+    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng_text)
+    masked = span_mask(rng_mask, token_length, tokens.shape[1], mask_prob=mask_prob, span=mask_span)
+    e_t = jnp.where(masked[..., None], 0.0, e_t)
+    h, _ = call(model, variables, "shared_encode", e_t, token_length, train=True, rng=rng_shared)
+    nll, valid, _, _ = transducer_nll(
+        model, variables, h, token_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size
+    )
+    loss = per_token(nll, valid, token_length)
+    return loss, {"text_rnnt_loss": loss}
+
+
+@gin.configurable
+def astra(
+    model,
+    variables,
+    batch,
+    rng,
+    step,
+    *,
+    rnnt_weight: float = 1.0,
+    consistency_weight: float = 1.0,
+    text_weight: float = 1.0,
+    bestrq_weight: float = 1.0,
+    ctc_weight: float = 0.0,
+    paired_start_step: int = 0,
+    text_start_step: int = 0,
+    consistency: str = "soft",
+    aligner: str = "rnnt",
+    distance: str = "l1",
+    text_mask_prob: float = 0.0,
+    text_mask_span: int = 2,
+    bestrq_mask_prob: float = 0.01,
+    bestrq_mask_span: int = 10,
+    chunk_size: int = 16,
+):
+    """ASTRA loss and metrics over whichever of batch["paired"], ["text"], ["speech"] are present.
+
+    consistency: "soft" (arc-posterior-weighted, the default) or "hard" (best path; aligner "rnnt" | "ctc", CTC needs
+    ctc_weight > 0). distance: "l1" | "mse". text_mask_*: span masking of token-rate text (probability a token starts a
+    span, span in tokens). Other arguments as in `maestro`.
+    """
+    rng_paired, rng_cons, rng_text, rng_speech = jax.random.split(rng, 4)
+    loss = jnp.zeros((), jnp.float32)
+    metrics = {}
+    if "paired" in batch:
+        paired_on = active_from(step, paired_start_step)
+        asr_loss, asr_metrics, aux = supervised_speech_terms(
+            model, variables, batch["paired"], rng_paired, ctc_weight=ctc_weight, chunk_size=chunk_size
+        )
+        consistency_loss, consistency_metrics = consistency_terms(
+            model,
+            variables,
+            batch["paired"],
+            aux,
+            rng_cons,
+            consistency=consistency,
+            aligner=aligner,
+            distance=distance,
+            chunk_size=chunk_size,
+        )
+        loss = loss + paired_on * (rnnt_weight * asr_loss + consistency_weight * consistency_loss)
+        metrics.update(asr_metrics, **consistency_metrics)
+    if "text" in batch:
+        text_on = active_from(step, text_start_step)
+        text_loss, text_metrics = token_rate_text_terms(
+            model,
+            variables,
+            batch["text"],
+            rng_text,
+            mask_prob=text_mask_prob,
+            mask_span=text_mask_span,
+            chunk_size=chunk_size,
+        )
+        loss = loss + text_on * text_weight * text_loss
+        metrics.update(text_metrics)
+    if "speech" in batch and bestrq_weight > 0:
+        speech_loss, speech_metrics = bestrq_terms(
+            model, variables, batch["speech"], rng_speech, mask_prob=bestrq_mask_prob, mask_span=bestrq_mask_span
+        )
+        loss = loss + bestrq_weight * speech_loss
+        metrics.update(speech_metrics)
+    metrics["loss"] = loss
+    return loss, metrics

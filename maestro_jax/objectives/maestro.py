@@ -1,0 +1,191 @@
+"""MAESTRO (Chen et al., Interspeech 2022): matched speech-text representations through modality matching.
+
+Notation: e_s = SpeechTower(x) f32[B, T, D]; e_t = TextTower(y) f32[B, U, D]; Shared, Refiner, RNNT as in the model.
+
+Paired stream (x, y):
+    L_rnnt = -log P_rnnt(y | Shared(e_s))                                         per token
+    d      = durations of the current model's best path (RNN-T Viterbi, or CTC forced alignment), stop-gradient;
+             token u owns the encoder frames after token u-1's emission up to its own
+    ê_t    = Refiner(resample_by_duration(e_t, d))                                f32[B, T, D]
+    L_mm   = mean over valid frames t and dims of (e_s[t] - ê_t[t])^2            (modality matching)
+    L_dur  = mean over valid tokens of (DurationModel(e_t)_u - d_u)^2
+Text-only stream y:
+    d̂      = max(1, round(DurationModel(e_t))), stop-gradient
+    z      = SpanMask(Refiner(resample_by_duration(e_t, d̂)))                      masked frames set to 0
+    L_text = -log P_rnnt(y | Shared(z))                                           per token
+Speech-only stream: L_bestrq (maestro_jax.objectives.bestrq).
+
+    L = w_bestrq L_bestrq + a_p (w_rnnt L_rnnt + w_mm L_mm + w_dur L_dur) + a_t w_text L_text
+with the curriculum a_p = [step >= paired_start_step], a_t = [step >= text_start_step]. Text-only gradients reach the
+text tower, refiner, shared tower and RNN-T decoder, never the speech tower or the duration model.
+"""
+
+import gin
+import jax
+import jax.numpy as jnp
+
+from maestro_jax.layers.common import frame_mask
+from maestro_jax.models.bestrq import span_mask
+from maestro_jax.objectives.common import (
+    active_from,
+    best_path_emit_frames,
+    bestrq_terms,
+    call,
+    durations_from_emit_frames,
+    masked_mean,
+    per_token,
+    supervised_speech_terms,
+    transducer_nll,
+)
+
+
+def modality_matching_terms(model, variables, stream, aux, rng, *, aligner: str, chunk_size: int):
+    """(L_mm, L_dur, metrics) on a paired stream given the speech terms' aux outputs."""
+    rng_text, rng_duration, rng_refine = jax.random.split(rng, 3)
+    tokens, token_length = stream["tokens"], stream["token_length"]
+    e_s, frame_length = aux["e_s"], aux["frame_length"]
+    emit_frames = best_path_emit_frames(
+        model,
+        variables,
+        aligner,
+        aux["h"],
+        frame_length,
+        aux["enc_proj"],
+        aux["pred_proj"],
+        tokens,
+        token_length,
+        chunk_size=chunk_size,
+    )
+    durations = durations_from_emit_frames(emit_frames, frame_length, token_length)
+    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng_text)
+    predicted = call(model, variables, "predict_durations", e_t, token_length, train=True, rng=rng_duration)
+    token_mask = frame_mask(token_length, tokens.shape[1])
+    duration_loss = masked_mean(jnp.square(predicted - durations.astype(jnp.float32)), token_mask)
+    upsampled, upsampled_length = call(
+        model,
+        variables,
+        "upsample_text",
+        e_t,
+        durations,
+        token_length,
+        max_frames=e_s.shape[1],
+        train=True,
+        rng=rng_refine,
+    )
+    both_valid = frame_mask(jnp.minimum(frame_length, upsampled_length), e_s.shape[1])
+    matching_loss = masked_mean(jnp.mean(jnp.square(e_s - upsampled), axis=-1), both_valid)
+    metrics = {
+        "modality_matching_loss": matching_loss,
+        "duration_loss": duration_loss,
+        "duration_abs_error": masked_mean(jnp.abs(predicted - durations), token_mask),
+    }
+    return matching_loss, duration_loss, metrics
+
+
+def text_injection_terms(
+    model, variables, stream, rng, *, max_frames: int, mask_prob: float, mask_span: int, chunk_size: int
+):
+    """(L_text, metrics): unspoken text -> predicted durations -> resample -> refine -> mask -> shared -> RNN-T."""
+    rng_text, rng_refine, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 5)
+    tokens, token_length = stream["tokens"], stream["token_length"]
+    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng_text)
+    predicted = call(model, variables, "predict_durations", e_t, token_length, train=False)
+    durations = jnp.maximum(jnp.round(jax.lax.stop_gradient(predicted)), 1.0).astype(jnp.int32)
+    durations = jnp.where(frame_mask(token_length, tokens.shape[1]), durations, 0)
+    upsampled, frame_length = call(
+        model,
+        variables,
+        "upsample_text",
+        e_t,
+        durations,
+        token_length,
+        max_frames=max_frames,
+        train=True,
+        rng=rng_refine,
+    )
+    masked = span_mask(rng_mask, frame_length, max_frames, mask_prob=mask_prob, span=mask_span)
+    upsampled = jnp.where(masked[..., None], 0.0, upsampled)
+    h, _ = call(model, variables, "shared_encode", upsampled, frame_length, train=True, rng=rng_shared)
+    nll, valid, _, _ = transducer_nll(
+        model, variables, h, frame_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size
+    )
+    loss = per_token(nll, valid, token_length)
+    truncated = jnp.sum(jnp.where(valid, jnp.sum(durations, axis=1) > max_frames, False))
+    metrics = {
+        "text_rnnt_loss": loss,
+        "text_frames_per_token": jnp.sum(frame_length) / jnp.maximum(jnp.sum(token_length), 1),
+        "text_truncated": truncated.astype(jnp.float32),
+    }
+    return loss, metrics
+
+
+@gin.configurable
+def maestro(
+    model,
+    variables,
+    batch,
+    rng,
+    step,
+    *,
+    rnnt_weight: float = 1.0,
+    modality_matching_weight: float = 1.0,
+    duration_weight: float = 0.1,
+    text_weight: float = 1.0,
+    bestrq_weight: float = 1.0,
+    ctc_weight: float = 0.0,
+    paired_start_step: int = 0,
+    text_start_step: int = 0,
+    aligner: str = "rnnt",
+    text_frames_per_token: int = 8,
+    text_mask_prob: float = 0.02,
+    text_mask_span: int = 5,
+    bestrq_mask_prob: float = 0.01,
+    bestrq_mask_span: int = 10,
+    chunk_size: int = 16,
+):
+    """MAESTRO loss and metrics over whichever of batch["paired"], ["text"], ["speech"] are present.
+
+    Weights are per term (see the module docstring). paired_start_step / text_start_step: curriculum steps at which the
+    paired and text-only terms switch on (speech-only BEST-RQ is on from step 0). aligner: "rnnt" | "ctc", the source
+    of the durations (CTC needs ctc_weight > 0 to train the CTC head). text_frames_per_token: static encoder-frame
+    budget per text token for the upsampled text (max_frames = U * this). text_mask_*: span masking of upsampled text
+    (probability a frame starts a span, span length in frames). bestrq_mask_*: as in the bestrq objective.
+    """
+    rng_paired, rng_mm, rng_text, rng_speech = jax.random.split(rng, 4)
+    loss = jnp.zeros((), jnp.float32)
+    metrics = {}
+    if "paired" in batch:
+        paired_on = active_from(step, paired_start_step)
+        asr_loss, asr_metrics, aux = supervised_speech_terms(
+            model, variables, batch["paired"], rng_paired, ctc_weight=ctc_weight, chunk_size=chunk_size
+        )
+        matching_loss, duration_loss, mm_metrics = modality_matching_terms(
+            model, variables, batch["paired"], aux, rng_mm, aligner=aligner, chunk_size=chunk_size
+        )
+        paired_loss = (
+            rnnt_weight * asr_loss + modality_matching_weight * matching_loss + duration_weight * duration_loss
+        )
+        loss = loss + paired_on * paired_loss
+        metrics.update(asr_metrics, **mm_metrics)
+    if "text" in batch:
+        text_on = active_from(step, text_start_step)
+        text_loss, text_metrics = text_injection_terms(
+            model,
+            variables,
+            batch["text"],
+            rng_text,
+            max_frames=batch["text"]["tokens"].shape[1] * text_frames_per_token,
+            mask_prob=text_mask_prob,
+            mask_span=text_mask_span,
+            chunk_size=chunk_size,
+        )
+        loss = loss + text_on * text_weight * text_loss
+        metrics.update(text_metrics)
+    if "speech" in batch and bestrq_weight > 0:
+        speech_loss, speech_metrics = bestrq_terms(
+            model, variables, batch["speech"], rng_speech, mask_prob=bestrq_mask_prob, mask_span=bestrq_mask_span
+        )
+        loss = loss + bestrq_weight * speech_loss
+        metrics.update(speech_metrics)
+    metrics["loss"] = loss
+    return loss, metrics
