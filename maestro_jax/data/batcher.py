@@ -123,7 +123,8 @@ class _TaskReader:
             split=self.split,
             shuffle=True,
             seed=_derived_seed(self._seed, self.stream, self.task, self.epoch),
-            shard_info=self._shard_info,
+            # One shard is the whole split; seqio would still list the source's files to shard it.
+            shard_info=self._shard_info if self._shard_info.num_shards > 1 else None,
             num_epochs=1,
             trim_output_features=False,
             try_in_mem_cache=False,  # a fresh dataset per epoch would refill the cache every epoch

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gin
 
-from maestro_jax.data import synthetic, tasks
+from maestro_jax.data import synthetic, tasks, tokenizer
 from maestro_jax.data.batcher import MultiStreamBatcher, StreamSpec, eval_batches
 
 SAMPLE_RATE = 16000
@@ -37,6 +37,37 @@ def synthetic_corpus(
     return corpus_dir, size
 
 
+def make_stream_batcher(
+    stream_tasks: dict[str, str],
+    shard_index: int,
+    num_shards: int,
+    seed: int,
+    *,
+    batch_sizes: dict[str, int],
+    max_seconds: float,
+    max_tokens: int,
+    prefetch: int,
+    strict: bool,
+) -> MultiStreamBatcher:
+    """A MultiStreamBatcher feeding stream name ("paired" | "speech" | "text") from a seqio task or mixture each."""
+    unknown = set(stream_tasks) - set(STREAM_SPLITS)
+    if unknown:
+        raise ValueError(f"unknown streams {sorted(unknown)}; the streams are {sorted(STREAM_SPLITS)}")
+    max_samples = int(max_seconds * SAMPLE_RATE)
+    specs = {
+        name: StreamSpec(
+            task=task,
+            batch_size=batch_sizes[name],
+            max_samples=max_samples if name != "text" else None,
+            max_tokens=max_tokens if name != "speech" else None,
+        )
+        for name, task in stream_tasks.items()
+    }
+    return MultiStreamBatcher(
+        specs, seed=seed, shard_index=shard_index, num_shards=num_shards, strict=strict, prefetch=prefetch
+    )
+
+
 @gin.configurable
 def synthetic_streams(
     shard_index: int,
@@ -59,22 +90,63 @@ def synthetic_streams(
     prefetch: batches prepared ahead by a background thread. strict: stop on the first bad example.
     """
     _, size = synthetic_corpus()
-    batch_sizes = {"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size}
-    unknown = set(streams) - set(STREAM_SPLITS)
-    if unknown:
-        raise ValueError(f"unknown streams {sorted(unknown)}; synthetic_streams.streams takes {sorted(STREAM_SPLITS)}")
-    max_samples = int(max_seconds * SAMPLE_RATE)
-    specs = {
-        name: StreamSpec(
-            task=tasks.synthetic_task_name(size, STREAM_SPLITS[name]),
-            batch_size=batch_sizes[name],
-            max_samples=max_samples if name != "text" else None,
-            max_tokens=max_tokens if name != "speech" else None,
-        )
-        for name in streams
-    }
-    return MultiStreamBatcher(
-        specs, seed=seed, shard_index=shard_index, num_shards=num_shards, strict=strict, prefetch=prefetch
+    return make_stream_batcher(
+        {name: tasks.synthetic_task_name(size, STREAM_SPLITS.get(name, name)) for name in streams},
+        shard_index,
+        num_shards,
+        seed,
+        batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
+        max_seconds=max_seconds,
+        max_tokens=max_tokens,
+        prefetch=prefetch,
+        strict=strict,
+    )
+
+
+@gin.configurable
+def librispeech_streams(
+    shard_index: int,
+    num_shards: int,
+    seed: int,
+    *,
+    tokenizer_path: str = gin.REQUIRED,
+    tfds_data_dir: str | None = None,
+    paired_splits: tuple[str, ...] = ("train_clean100",),
+    speech_splits: tuple[str, ...] = ("train_clean360", "train_other500"),
+    streams: tuple[str, ...] = ("paired", "speech", "text"),
+    paired_batch_size: int = 8,
+    speech_batch_size: int = 8,
+    text_batch_size: int = 16,
+    max_seconds: float = 16.0,
+    max_tokens: int = 128,
+    prefetch: int = 2,
+    strict: bool = False,
+) -> MultiStreamBatcher:
+    """LibriSpeech (TFDS `librispeech`, prepared beforehand: see data/README.md) as the paired stream, its other
+    training splits as untranscribed speech, and LibriSpeech-LM text (TFDS `librispeech_lm`) as unspoken text.
+
+    tokenizer_path: a sentencepiece model with 0 = pad/blank; tfds_data_dir: where the TFDS datasets were prepared.
+    Other arguments as in `synthetic_streams`.
+    """
+    vocabulary = tokenizer.make_vocabulary(tokenizer_path)
+    tasks.register_librispeech_tasks(vocabulary, data_dir=tfds_data_dir)
+    lm_task = tasks.register_librispeech_lm_task(vocabulary, data_dir=tfds_data_dir)
+    mixtures = tasks.register_stream_mixtures(
+        "librispeech",
+        paired={f"librispeech_{split}": 1.0 for split in paired_splits},
+        speech={f"librispeech_{split}": 1.0 for split in speech_splits},
+        text={lm_task: 1.0},
+    )
+    return make_stream_batcher(
+        {name: mixtures[name] for name in streams},
+        shard_index,
+        num_shards,
+        seed,
+        batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
+        max_seconds=max_seconds,
+        max_tokens=max_tokens,
+        prefetch=prefetch,
+        strict=strict,
     )
 
 

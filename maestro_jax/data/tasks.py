@@ -144,7 +144,9 @@ def register_librispeech_tasks(
     return [
         _register_task(
             f"librispeech_{split}",
-            seqio.TfdsDataSource(tfds_name=f"librispeech:{version}", tfds_data_dir=data_dir, splits={split: split}),
+            seqio.TfdsDataSource(
+                tfds_name=f"librispeech/default:{version}", tfds_data_dir=data_dir, splits={split: split}
+            ),
             [to_layout],
             vocabulary,
             lowercase=True,

@@ -1,0 +1,60 @@
+"""The gin data entry points: synthetic streams and LibriSpeech streams (mock TFDS data) give contract batches."""
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from maestro_jax.data import pipeline, synthetic
+
+
+def check_contract(batch, streams, batch_size):
+    assert set(batch) == set(streams)
+    for name, stream in batch.items():
+        if name != "text":
+            assert stream["waveform"].dtype == np.float32 and stream["waveform"].shape[0] == batch_size
+            assert np.all(stream["waveform_length"] <= stream["waveform"].shape[1])
+            assert np.all(stream["waveform_length"] > 0)
+        if name != "speech":
+            assert stream["tokens"].dtype == np.int32
+            assert np.all(stream["token_length"] > 0)
+            valid = np.arange(stream["tokens"].shape[1])[None, :] < stream["token_length"][:, None]
+            assert np.all(stream["tokens"][~valid] == 0) and np.all(stream["tokens"][valid] > 0)
+
+
+def test_synthetic_streams_follow_the_contract():
+    corpus_dir = synthetic.cached_corpus("tiny")
+    pipeline.synthetic_corpus(corpus_dir=str(corpus_dir), size="tiny")
+    import gin
+
+    with gin.unlock_config():
+        gin.bind_parameter("synthetic_corpus.corpus_dir", str(corpus_dir))
+    try:
+        with pipeline.synthetic_streams(0, 1, 0, paired_batch_size=2, speech_batch_size=3, text_batch_size=4) as data:
+            batch = next(data)
+    finally:
+        gin.clear_config()
+    check_contract({"paired": batch["paired"]}, ["paired"], 2)
+    check_contract({"speech": batch["speech"]}, ["speech"], 3)
+    check_contract({"text": batch["text"]}, ["text"], 4)
+
+
+def test_librispeech_streams_on_mock_data():
+    spm_path = synthetic.cached_corpus("tiny") / "spm" / "spm.model"
+    with tfds.testing.mock_data(num_examples=6):
+        with pipeline.librispeech_streams(
+            0,
+            1,
+            0,
+            tokenizer_path=str(spm_path),
+            paired_splits=("dev_clean",),
+            speech_splits=("dev_other",),
+            streams=("paired", "speech", "text"),
+            paired_batch_size=2,
+            speech_batch_size=2,
+            text_batch_size=2,
+            max_seconds=60.0,
+            max_tokens=4096,
+            prefetch=0,
+        ) as data:
+            batch = next(data)
+    for name in ("paired", "speech", "text"):
+        check_contract({name: batch[name]}, [name], 2)
