@@ -40,6 +40,18 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
     return args.gin_file, bindings
 
 
+def resolve_gin_file(path: str) -> str:
+    """`path` as given if it exists, else under the repository root or its gin/ directory (absolute)."""
+    for directory in ("", *GIN_SEARCH_DIRS):
+        candidate = os.path.join(directory, path)
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise GinConfigError(
+        f"gin file {path!r} not found in the current directory, {GIN_SEARCH_DIRS[0]} or {GIN_SEARCH_DIRS[1]}; "
+        "pass a path such as gin/experiments/tiny_maestro.gin."
+    )
+
+
 def configure_gin(gin_files: list[str], bindings: list[str]) -> None:
     """Parses files then bindings; an unknown configurable or parameter names the binding and where it came from."""
     maestro_jax.register_configurables()
@@ -47,7 +59,7 @@ def configure_gin(gin_files: list[str], bindings: list[str]) -> None:
         gin.add_config_file_search_path(directory)
     for path in gin_files:
         try:
-            gin.parse_config_file(path)
+            gin.parse_config_file(resolve_gin_file(path))
         except (ValueError, KeyError, SyntaxError) as error:
             raise GinConfigError(f"gin file {path!r}: {error}") from error
     for binding in bindings:
