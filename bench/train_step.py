@@ -48,6 +48,8 @@ def bench_train_step(
         state, step_metrics = compiled(state, partitioning.global_batch(next(data), mesh, rules))
     jax.block_until_ready(step_metrics)
     figures["steps_per_second"] = steps / (time.perf_counter() - start)
+    examples_per_step = sum(next(iter(stream.values())).shape[0] for stream in batch.values())
+    figures["examples_per_second"] = figures["steps_per_second"] * examples_per_step
     peak, source = metrics_lib.peak_flops_per_device(mesh.devices.flat[0])
     figures["peak_flops_per_device"], figures["peak_source"] = peak, source
     if "flops_per_step" in figures:
