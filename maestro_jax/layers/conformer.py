@@ -7,6 +7,11 @@ Block equations on x [B, T, D] with valid-frame mask m [B, T]:
                                              -> swish -> Dense(D, D)
     x = x + 1/2 FFN(x)
     y = LN(x), 0 at padded frames
+
+isolate_padding=False reproduces torchaudio.models.Conformer instead: padded frames are not zeroed before the
+depthwise conv nor left out of the conv norm's statistics, so their values reach valid frames (attention keys are
+still masked); the stack then zeroes padded frames only at its output. convolution_first=True moves the conv module
+ahead of attention (torchaudio's option of that name).
 """
 
 import flax.linen as nn
@@ -27,7 +32,10 @@ CONV_NORMS = ("layer", "batch", "group")
 
 
 def _channel_norm(kind: str, num_groups: int, train: bool, dtype: Dtype, name: str):
-    """The conv module's norm over channels ("mlp" axis): a callable (y [B, T, C], mask [B, T]) -> [B, T, C]."""
+    """The conv module's norm over channels ("mlp" axis): a callable (y [B, T, C], mask [B, T] or None) -> [B, T, C].
+
+    With mask None, batch/group statistics include every frame (padding too).
+    """
     scale_init = nn.with_logical_partitioning(nn.initializers.ones_init(), ("mlp",))
     bias_init = nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",))
     if kind == "layer":
@@ -45,7 +53,7 @@ def _channel_norm(kind: str, num_groups: int, train: bool, dtype: Dtype, name: s
             bias_init=bias_init,
             name=name,
         )
-        return lambda y, mask: norm(y, mask=jnp.broadcast_to(mask[..., None], y.shape))
+        return lambda y, mask: norm(y, mask=_channel_mask(mask, y))
     if kind == "group":
         norm = nn.GroupNorm(
             num_groups=num_groups,
@@ -56,8 +64,12 @@ def _channel_norm(kind: str, num_groups: int, train: bool, dtype: Dtype, name: s
             bias_init=bias_init,
             name=name,
         )
-        return lambda y, mask: norm(y, mask=jnp.broadcast_to(mask[..., None], y.shape))
+        return lambda y, mask: norm(y, mask=_channel_mask(mask, y))
     raise ValueError(f"unknown conv_norm {kind!r}; choose one of {CONV_NORMS} (gin: ModelConfig.conv_norm).")
+
+
+def _channel_mask(mask: jax.Array | None, y: jax.Array) -> jax.Array | None:
+    return None if mask is None else jnp.broadcast_to(mask[..., None], y.shape)
 
 
 class ConvolutionModule(nn.Module):
@@ -67,6 +79,7 @@ class ConvolutionModule(nn.Module):
     norm: str = "layer"
     num_groups: int = 8
     dropout_rate: float = 0.0
+    isolate_padding: bool = True
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -77,7 +90,8 @@ class ConvolutionModule(nn.Module):
         y = LayerNorm(dtype=self.dtype)(x)
         y = Dense(2 * dim, ("embed", "mlp"), dtype=self.dtype, name="pointwise_in")(y)
         y = nn.glu(y, axis=-1)
-        y = masked_fill(y, mask)  # padded frames must not leak into valid ones through the kernel
+        if self.isolate_padding:
+            y = masked_fill(y, mask)  # padded frames must not leak into valid ones through the kernel
         y = nn.Conv(
             dim,
             (self.kernel_size,),
@@ -89,7 +103,8 @@ class ConvolutionModule(nn.Module):
             bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
             name="depthwise",
         )(y)
-        y = _channel_norm(self.norm, self.num_groups, train, self.dtype, "conv_norm")(y, mask)
+        norm_mask = mask if self.isolate_padding else None
+        y = _channel_norm(self.norm, self.num_groups, train, self.dtype, "conv_norm")(y, norm_mask)
         y = nn.swish(y)
         y = Dense(dim, ("mlp", "embed"), dtype=self.dtype, name="pointwise_out")(y)
         y = nn.Dropout(self.dropout_rate)(y, deterministic=not train)
@@ -105,6 +120,9 @@ class ConformerBlock(nn.Module):
     conv_norm: str = "layer"
     relative_position: bool = True
     dropout_rate: float = 0.0
+    conv_norm_groups: int = 8
+    convolution_first: bool = False
+    isolate_padding: bool = True
     dtype: Dtype = jnp.float32
 
     @nn.compact
@@ -112,7 +130,18 @@ class ConformerBlock(nn.Module):
         dim = x.shape[-1]
         if dim % self.num_heads:
             raise ValueError(f"model dim {dim} is not divisible by num_heads={self.num_heads}; change either.")
+        convolution = ConvolutionModule(
+            self.kernel_size,
+            self.conv_norm,
+            num_groups=self.conv_norm_groups,
+            dropout_rate=self.dropout_rate,
+            isolate_padding=self.isolate_padding,
+            dtype=self.dtype,
+            name="convolution",
+        )
         x = x + 0.5 * FeedForward(self.ff_dim, self.dropout_rate, self.dtype, name="feed_forward_1")(x, train=train)
+        if self.convolution_first:
+            x = x + convolution(x, mask, train=train)
         y = LayerNorm(dtype=self.dtype, name="attention_norm")(x)
         y = MultiHeadAttention(
             self.num_heads,
@@ -123,12 +152,11 @@ class ConformerBlock(nn.Module):
             name="attention",
         )(y, y, mask, train=train)
         x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
-        x = x + ConvolutionModule(
-            self.kernel_size, self.conv_norm, dropout_rate=self.dropout_rate, dtype=self.dtype, name="convolution"
-        )(x, mask, train=train)
+        if not self.convolution_first:
+            x = x + convolution(x, mask, train=train)
         x = x + 0.5 * FeedForward(self.ff_dim, self.dropout_rate, self.dtype, name="feed_forward_2")(x, train=train)
-        x = LayerNorm(dtype=self.dtype, name="final_norm")(x)
-        return masked_fill(constrain(x, ("batch", "length", "embed")), mask)
+        x = constrain(LayerNorm(dtype=self.dtype, name="final_norm")(x), ("batch", "length", "embed"))
+        return masked_fill(x, mask) if self.isolate_padding else x
 
 
 def _block_class(block_type: str, remat_policy: str, *, scanned: bool = False):
@@ -163,6 +191,7 @@ class ConformerStack(nn.Module):
 
     remat_policy: "none", "full", "dots", "dots_no_batch" or "everything" (jax.checkpoint policy per block).
     scan_layers: stack the blocks' params on a leading "layers" axis and run them with nn.scan (one compile per stack).
+    conv_norm_groups, convolution_first, isolate_padding: Conformer blocks only (see the module docstring).
     """
 
     num_layers: int
@@ -175,6 +204,9 @@ class ConformerStack(nn.Module):
     block_type: str = "conformer"
     remat_policy: str = "none"
     scan_layers: bool = False
+    conv_norm_groups: int = 8
+    convolution_first: bool = False
+    isolate_padding: bool = True
     dtype: Dtype = jnp.float32
 
     def _block_kwargs(self) -> dict:
@@ -186,15 +218,20 @@ class ConformerStack(nn.Module):
             dtype=self.dtype,
         )
         if self.block_type == "conformer":
-            kwargs.update(kernel_size=self.kernel_size, conv_norm=self.conv_norm)
+            kwargs.update(
+                kernel_size=self.kernel_size,
+                conv_norm=self.conv_norm,
+                conv_norm_groups=self.conv_norm_groups,
+                convolution_first=self.convolution_first,
+                isolate_padding=self.isolate_padding,
+            )
         return kwargs
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
-        x = masked_fill(x, mask)
-        if self.num_layers == 0:
-            return x
-        if self.scan_layers:
+        if self.isolate_padding:
+            x = masked_fill(x, mask)
+        if self.scan_layers and self.num_layers:
             scanned = nn.scan(
                 _ScannedBlock,
                 variable_axes={"params": 0, "batch_stats": 0},
@@ -204,8 +241,8 @@ class ConformerStack(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, _ = scanned(self.block_type, self.remat_policy, self._block_kwargs(), train, name="layers")(x, mask)
-            return x
-        block = _block_class(self.block_type, self.remat_policy)
-        for i in range(self.num_layers):
-            x = block(**self._block_kwargs(), name=f"layer_{i}")(x, mask, train)
-        return x
+        else:
+            block = _block_class(self.block_type, self.remat_policy)
+            for i in range(self.num_layers):
+                x = block(**self._block_kwargs(), name=f"layer_{i}")(x, mask, train)
+        return x if self.isolate_padding else masked_fill(x, mask)
