@@ -22,6 +22,7 @@ setup(
         "sentencepiece>=0.2,<0.3",
         "numpy>=2.0,<3",
         "soundfile>=0.12",
+        "scipy>=1.11",
         "jiwer>=4,<5",
         "tqdm>=4.66",
         "matplotlib>=3.8",
@@ -34,6 +35,9 @@ setup(
             "maestro-data=maestro_jax.cli.data:main",
             "maestro-train=maestro_jax.cli.train:main",
             "maestro-params=maestro_jax.cli.params:main",
+            "maestro-eval=maestro_jax.cli.eval:main",
+            "maestro-export=maestro_jax.cli.export:main",
+            "maestro-demo=maestro_jax.cli.demo:main",
         ],
     },
 )

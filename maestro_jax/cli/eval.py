@@ -1,0 +1,64 @@
+"""`maestro-eval`: WER/CER of a checkpoint or an export on synthetic-corpus splits and JSONL manifests.
+
+maestro-eval --model_dir DIR | --export_dir DIR [--split test_in_vocab ...] [--manifest file.jsonl ...]
+    [--decoder rnnt_greedy|rnnt_beam|ctc_greedy] [--beam_size 4] [--out hyps.jsonl] [--checkpoint_step N] [--use_ema]
+"""
+
+import argparse
+import json
+import sys
+
+from maestro_jax import evaluation
+from maestro_jax.data.audio_files import AudioReadError
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="maestro-eval", description=__doc__.splitlines()[0])
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model_dir", help="a maestro-train model directory (its operative config rebuilds the model)")
+    source.add_argument("--export_dir", help="a maestro-export output directory")
+    parser.add_argument(
+        "--split",
+        action="append",
+        default=[],
+        help=f"synthetic-corpus split (repeatable; default {' '.join(evaluation.DEFAULT_SPLITS)})",
+    )
+    parser.add_argument("--manifest", action="append", default=[], help="NeMo JSONL manifest (repeatable)")
+    parser.add_argument("--decoder", choices=evaluation.DECODERS, default="rnnt_greedy")
+    parser.add_argument("--beam_size", type=int, default=4, help="hypotheses kept by rnnt_beam")
+    parser.add_argument("--out", help="write hypotheses here as JSONL {source, id, reference, hypothesis}")
+    parser.add_argument("--checkpoint_step", type=int, help="checkpoint step to evaluate (default: the latest)")
+    parser.add_argument("--use_ema", action="store_true", help="evaluate the EMA params")
+    parser.add_argument("--batch_size", type=int, default=16, help="utterances per decoding batch")
+    parser.add_argument("--json", action="store_true", help="print the metrics as JSON after the table")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        results = evaluation.evaluate(
+            model_dir=args.model_dir,
+            export_dir=args.export_dir,
+            splits=args.split,
+            manifests=args.manifest,
+            decoder=args.decoder,
+            beam_size=args.beam_size,
+            out=args.out,
+            checkpoint_step=args.checkpoint_step,
+            use_ema=args.use_ema,
+            batch_size=args.batch_size,
+        )
+    except (FileNotFoundError, ValueError, AudioReadError) as error:
+        print(f"maestro-eval: {error}", file=sys.stderr)
+        return 1
+    print(evaluation.format_table(results))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    if args.out:
+        print(f"hypotheses: {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

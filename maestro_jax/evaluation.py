@@ -1,0 +1,402 @@
+"""Transcription with a trained SpeechTextModel, and WER/CER with jiwer after one documented text normaliser.
+
+Text normaliser (`normalize_transcript`), applied to references and hypotheses alike: Unicode NFKC, lower case,
+every character that is not a letter, digit, apostrophe or whitespace becomes a space, apostrophes at word edges are
+dropped, and runs of whitespace collapse to one space. So "Hello, World!" and "hello world" score as equal.
+"""
+
+import dataclasses
+import functools
+import json
+import os
+import re
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+import jiwer
+import numpy as np
+import orbax.checkpoint as ocp
+import sentencepiece
+from etils import epath
+
+import maestro_jax
+from maestro_jax import decoding, export
+from maestro_jax.data import audio_files
+from maestro_jax.models import make_model
+
+_NOT_WORD = re.compile(r"[^\w\s']|_", re.UNICODE)
+_EDGE_APOSTROPHE = re.compile(r"(^|\s)'+|'+(?=\s|$)")
+_SPACES = re.compile(r"\s+")
+
+SAMPLE_RATE = 16000
+DECODERS = ("rnnt_greedy", "rnnt_beam", "ctc_greedy")
+
+
+def normalize_transcript(text: str) -> str:
+    """The evaluation text normaliser (module docstring)."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = _NOT_WORD.sub(" ", text)
+    text = _EDGE_APOSTROPHE.sub(" ", text)
+    return _SPACES.sub(" ", text).strip()
+
+
+def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float]:
+    """Corpus-level WER and CER (jiwer) after `normalize_transcript`, plus counts.
+
+    Empty normalised references are skipped (WER is undefined for them) and counted in `skipped_empty_references`.
+    """
+    if len(references) != len(hypotheses):
+        raise ValueError(f"got {len(references)} references but {len(hypotheses)} hypotheses; they must pair up.")
+    pairs = [(normalize_transcript(r), normalize_transcript(h)) for r, h in zip(references, hypotheses)]
+    kept = [(r, h) for r, h in pairs if r]
+    if not kept:
+        raise ValueError("every reference transcript is empty after normalisation; nothing to score.")
+    refs, hyps = [r for r, _ in kept], [h for _, h in kept]
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    return {
+        "wer": float(words.wer),
+        "cer": float(chars.cer),
+        "substitutions": float(words.substitutions),
+        "deletions": float(words.deletions),
+        "insertions": float(words.insertions),
+        "num_utterances": float(len(kept)),
+        "num_reference_words": float(sum(len(r.split()) for r in refs)),
+        "skipped_empty_references": float(len(pairs) - len(kept)),
+    }
+
+
+def encode_for_decoding(model, variables, waveform: jax.Array, waveform_length: jax.Array):
+    """waveform f32[B, N] -> (shared-tower output h f32[B, T, D], frame_length i32[B]) in inference mode."""
+    e_s, frame_length = model.apply(variables, waveform, waveform_length, train=False, method="encode_speech")
+    return model.apply(variables, e_s, frame_length, train=False, method="shared_encode")
+
+
+def transcribe_tokens(
+    model,
+    variables,
+    waveform: jax.Array,
+    waveform_length: jax.Array,
+    *,
+    decoder: str = "rnnt_greedy",
+    beam_size: int = 4,
+    max_symbols_per_frame: int = 4,
+    max_output_length: int = 128,
+) -> tuple[jax.Array, jax.Array]:
+    """waveform f32[B, N], waveform_length i32[B] -> (tokens i32[B, L], lengths i32[B]); jit-able, pure.
+
+    decoder: "rnnt_greedy" | "rnnt_beam" (alignment-length synchronous, beam_size hypotheses) | "ctc_greedy".
+    max_output_length: L, the most tokens per utterance.
+    """
+    h, frame_length = encode_for_decoding(model, variables, waveform, waveform_length)
+    if decoder == "ctc_greedy":
+        logits = model.apply(variables, h, method="ctc_logits")
+        tokens, lengths = decoding.ctc_greedy_decode(logits, frame_length)
+        return tokens[:, :max_output_length], jnp.minimum(lengths, max_output_length)
+    enc_proj = model.apply(variables, h, method="rnnt_encoder_proj")
+    callables = (
+        lambda batch_size: model.apply(variables, batch_size, method="rnnt_predictor_init"),
+        lambda carry, token: model.apply(variables, carry, token, method="rnnt_predictor_step"),
+        model.joint_output_fn,
+        model.joint_params(variables["params"]),
+    )
+    if decoder == "rnnt_greedy":
+        tokens, lengths, _ = decoding.rnnt_greedy_decode(
+            enc_proj,
+            frame_length,
+            *callables,
+            max_symbols_per_frame=max_symbols_per_frame,
+            max_output_length=max_output_length,
+        )
+    elif decoder == "rnnt_beam":
+        tokens, lengths, _ = decoding.rnnt_beam_search(
+            enc_proj, frame_length, *callables, beam_size=beam_size, max_output_length=max_output_length
+        )
+    else:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    return tokens, lengths
+
+
+@gin.configurable
+def make_transcriber(
+    model,
+    *,
+    decoder: str = "rnnt_greedy",
+    beam_size: int = 4,
+    max_symbols_per_frame: int = 4,
+    max_output_length: int = 128,
+) -> Callable:
+    """A jitted fn(variables, waveform, waveform_length) -> (tokens, lengths) for `model` (see transcribe_tokens)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    return jax.jit(
+        functools.partial(
+            transcribe_tokens,
+            model,
+            decoder=decoder,
+            beam_size=beam_size,
+            max_symbols_per_frame=max_symbols_per_frame,
+            max_output_length=max_output_length,
+        )
+    )
+
+
+def token_lists(tokens, lengths) -> list[list[int]]:
+    """Strip padding: tokens i32[B, L], lengths i32[B] -> B lists of ids."""
+    tokens, lengths = np.asarray(tokens), np.asarray(lengths)
+    return [row[:n].tolist() for row, n in zip(tokens, lengths)]
+
+
+def transcribe_batches(
+    transcribe: Callable,
+    variables,
+    batches: Iterable[dict],
+    detokenize: Callable[[list[int]], str],
+    *,
+    progress: bool = True,
+    total: int | None = None,
+) -> list[dict]:
+    """Runs `transcribe` over eval batches and returns one row per valid example.
+
+    Each batch is a dict with `waveform`, `waveform_length`, and optionally `valid` bool[B] (padding rows of a final
+    partial batch), `text` (reference strings) and `id`. Rows: {"id", "reference", "hypothesis"}.
+    """
+    from tqdm.auto import tqdm
+
+    rows = []
+    for batch in tqdm(batches, desc="transcribe", unit="batch", total=total, disable=not progress):
+        tokens, lengths = transcribe(variables, jnp.asarray(batch["waveform"]), jnp.asarray(batch["waveform_length"]))
+        size = len(batch["waveform_length"])
+        valid = np.asarray(batch.get("valid", np.ones(size, bool)))
+        references = batch.get("text", [""] * size)
+        ids = batch.get("id", [str(len(rows) + i) for i in range(size)])
+        for i, ids_i in enumerate(token_lists(tokens, lengths)):
+            if valid[i]:
+                rows.append(
+                    {"id": _as_str(ids[i]), "reference": _as_str(references[i]), "hypothesis": detokenize(ids_i)}
+                )
+    return rows
+
+
+def _as_str(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+# ---- Evaluating a trained model directory or an export on corpus splits and manifests ----
+
+DEFAULT_SPLITS = ("test_in_vocab", "test_text_only_vocab")
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+    """A SpeechTextModel rebuilt from a model directory's operative config, with inference variables.
+
+    variables: {"params": params or EMA params, **model_state} on one device. step: the checkpoint step.
+    config_text: the operative gin config saved with that checkpoint.
+    """
+
+    model: Any
+    variables: dict
+    step: int
+    config_text: str
+
+
+def apply_operative_config(config_text: str) -> None:
+    """Replaces the global gin config by `config_text` (an operative config written by training or an export)."""
+    maestro_jax.register_configurables()
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(config_text)
+
+
+def checkpoint_steps(checkpoint_dir: str) -> list[int]:
+    """The saved steps under a Checkpointer directory, ascending ([] when there is none)."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(checkpoint_dir) if name.isdigit())
+
+
+def _checkpoint_step(checkpoint_dir: str, step: int | None) -> int:
+    steps = checkpoint_steps(checkpoint_dir)
+    if not steps:
+        raise FileNotFoundError(
+            f"no checkpoints under {checkpoint_dir}; train first (maestro-train) or fix --model_dir."
+        )
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"{checkpoint_dir} has checkpoint steps {steps}, not {step}; change --checkpoint_step.")
+    return step
+
+
+def restore_inference_variables(
+    checkpoint_dir: str, step: int, *, use_ema: bool = False, device: jax.Device | None = None
+) -> dict:
+    """{"params": ..., **model_state} of one checkpoint step, restored by Orbax onto `device` (default: the first
+    local device) without the optimizer state. use_ema: take the EMA params instead of the trained ones."""
+    path = os.path.join(checkpoint_dir, str(step), "state")
+    checkpointer = ocp.PyTreeCheckpointer()
+    metadata = checkpointer.metadata(path)
+    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+    params_key = "ema_params" if use_ema else "params"
+    if not tree.get(params_key):
+        raise ValueError(
+            f"checkpoint {path} holds no {params_key!r}; "
+            + ("it was trained without EMA (train.ema_decay=None): drop --use_ema." if use_ema else "is it complete?")
+        )
+    wanted = {params_key: tree[params_key], "model_state": tree.get("model_state") or {}}
+    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), wanted)
+    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), wanted)
+    restored = checkpointer.restore(
+        path, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
+    )
+    return {"params": restored[params_key], **(restored["model_state"] or {})}
+
+
+def load_model_dir(
+    model_dir: str, *, checkpoint_step: int | None = None, use_ema: bool = False, device: jax.Device | None = None
+) -> RestoredModel:
+    """Rebuilds the model of a training run from the operative config saved with its checkpoint (gin) and restores
+    its inference variables (`restore_inference_variables`). Leaves that config as the global gin config."""
+    checkpoint_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    step = _checkpoint_step(checkpoint_dir, checkpoint_step)
+    config = ocp.JsonCheckpointHandler().restore(epath.Path(checkpoint_dir, str(step), "operative_config"))
+    apply_operative_config(config["gin"])
+    variables = restore_inference_variables(checkpoint_dir, step, use_ema=use_ema, device=device)
+    return RestoredModel(model=make_model(), variables=variables, step=step, config_text=config["gin"])
+
+
+def manifest_batches(
+    manifest: str, *, batch_size: int = 16, samples_multiple: int = 16000
+) -> Iterator[dict[str, np.ndarray]]:
+    """One ordered pass over a NeMo-style JSONL manifest (`audio_filepath`, `text`; any sample rate, stereo
+    averaged to mono) in eval batches shaped like `eval_batches`: `waveform` f32[B, N] with N the longest utterance
+    rounded up to `samples_multiple` samples, `waveform_length` i32[B], `valid` bool[B], `id` and `text` object[B].
+    An unreadable audio file raises AudioReadError naming it, the manifest and the utterance id."""
+    entries = audio_files.list_manifest(manifest)
+    if not entries:
+        raise ValueError(f"manifest {manifest} has no rows with audio; check its 'audio_filepath' fields.")
+    for start in range(0, len(entries), batch_size):
+        chunk = entries[start : start + batch_size]
+        waveforms = []
+        for entry in chunk:
+            try:
+                waveforms.append(audio_files.read_audio(entry.path))
+            except audio_files.AudioReadError as error:
+                raise audio_files.AudioReadError(
+                    f"{manifest}, utterance {entry.id!r}: {error}; fix or drop that row."
+                ) from error
+        longest = max(len(w) for w in waveforms)
+        samples = max(samples_multiple, samples_multiple * -(-longest // samples_multiple))
+        batch = {
+            "waveform": np.zeros([batch_size, samples], np.float32),
+            "waveform_length": np.zeros([batch_size], np.int32),
+            "valid": np.arange(batch_size) < len(chunk),
+            "id": np.array([e.id for e in chunk] + [""] * (batch_size - len(chunk)), dtype=object),
+            "text": np.array([e.text for e in chunk] + [""] * (batch_size - len(chunk)), dtype=object),
+        }
+        for row, waveform in enumerate(waveforms):
+            batch["waveform"][row, : len(waveform)] = waveform
+            batch["waveform_length"][row] = len(waveform)
+        yield batch
+
+
+def split_batches(split: str, *, batch_size: int = 16, samples_multiple: int = 16000):
+    """(batches, number of batches) of one ordered pass over a synthetic-corpus split (configured by gin)."""
+    # The seqio/TensorFlow data stack loads only when a split is evaluated.
+    import seqio
+
+    from maestro_jax.data import batcher, pipeline, tasks
+
+    _, size = pipeline.synthetic_corpus()
+    task = tasks.synthetic_task_name(size, split)
+    count = seqio.get_mixture_or_task(task).num_input_examples(tasks.only_split(task))
+    batches = batcher.eval_batches(task, batch_size=batch_size, needs_text=False, samples_multiple=samples_multiple)
+    return batches, (None if count is None else -(-count // batch_size))
+
+
+def evaluate(
+    *,
+    model_dir: str | None = None,
+    export_dir: str | None = None,
+    splits: Sequence[str] = (),
+    manifests: Sequence[str] = (),
+    decoder: str = "rnnt_greedy",
+    beam_size: int = 4,
+    out: str | None = None,
+    checkpoint_step: int | None = None,
+    use_ema: bool = False,
+    batch_size: int = 16,
+    pad_seconds: float = 5.0,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """WER/CER (`error_rates`) of a checkpoint (`model_dir`) or an export (`export_dir`) per evaluation source.
+
+    splits: synthetic-corpus split names (the corpus of the saved operative config); manifests: NeMo JSONL files.
+    With neither, DEFAULT_SPLITS. decoder: one of DECODERS (an export has rnnt_greedy only). out: write one JSONL
+    row {"source", "id", "reference", "hypothesis"} per utterance there. Returns {source: metrics}, the source being
+    the split name or the manifest path. pad_seconds: batches are padded to a multiple of this many seconds, which
+    bounds the number of compiled shapes (5 s: one shape for the synthetic corpus, the export's first bucket).
+    """
+    if (model_dir is None) == (export_dir is None):
+        raise ValueError("give exactly one of --model_dir (a training run) or --export_dir (a maestro-export output).")
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    sources = [("split", s) for s in splits] + [("manifest", m) for m in manifests]
+    sources = sources or [("split", s) for s in DEFAULT_SPLITS]
+    if model_dir is not None:
+        restored = load_model_dir(model_dir, checkpoint_step=checkpoint_step, use_ema=use_ema)
+        transcribe = make_transcriber(restored.model, decoder=decoder, beam_size=beam_size)
+        variables = restored.variables
+        tokenizer_path = tokenizer_of_config()
+    else:
+        if decoder != "rnnt_greedy":
+            raise ValueError(f"an export transcribes with rnnt_greedy only, not {decoder!r}; evaluate --model_dir.")
+        loaded = export.load(export_dir)
+        apply_operative_config(loaded.config_text)
+
+        def transcribe(_, waveform, waveform_length):
+            return loaded.transcribe_tokens(np.asarray(waveform), np.asarray(waveform_length))
+
+        variables, tokenizer_path = None, loaded.tokenizer_path
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
+    results, all_rows = {}, []
+    samples_multiple = int(round(pad_seconds * SAMPLE_RATE))
+    for kind, name in sources:
+        if kind == "split":
+            batches, total = split_batches(name, batch_size=batch_size, samples_multiple=samples_multiple)
+        else:
+            batches, total = manifest_batches(name, batch_size=batch_size, samples_multiple=samples_multiple), None
+        rows = transcribe_batches(transcribe, variables, batches, tokenizer.decode, progress=progress, total=total)
+        results[name] = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+        all_rows.extend({"source": name, **row} for row in rows)
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in all_rows)
+    return results
+
+
+def tokenizer_of_config() -> str:
+    """The sentencepiece model of the synthetic corpus named by the current gin config."""
+    from maestro_jax.data import pipeline
+
+    corpus_dir, _ = pipeline.synthetic_corpus()
+    return os.path.join(corpus_dir, "spm", "spm.model")
+
+
+def format_table(results: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one row per source with WER and CER in percent and the utterance count."""
+    width = max([len("source")] + [len(name) for name in results])
+    lines = [f"{'source':<{width}}  {'WER %':>7}  {'CER %':>7}  {'utts':>5}"]
+    for name, metrics in results.items():
+        lines.append(
+            f"{name:<{width}}  {100 * metrics['wer']:7.2f}  {100 * metrics['cer']:7.2f}  "
+            f"{int(metrics['num_utterances']):5d}"
+        )
+    return "\n".join(lines)

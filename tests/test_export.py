@@ -1,0 +1,116 @@
+"""maestro-export: the export transcribes and embeds exactly like the in-framework model (same WER on the same data),
+averages checkpoints leaf-wise, handles any batch size and length up to its largest bucket, and loads without gin,
+seqio, TensorFlow or the training code."""
+
+import json
+import os
+import subprocess
+import sys
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_evaluation import write_tiny_checkpoints
+
+from maestro_jax import evaluation, export, sonar_eval
+from maestro_jax.cli import export as export_cli
+
+BUCKETS = (5.0, 8.0)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(model dir, its two checkpoint states, an export of the average of both, an export of the latest)."""
+    model_dir = str(tmp_path_factory.mktemp("run"))
+    states = write_tiny_checkpoints(model_dir)
+    averaged = str(tmp_path_factory.mktemp("export") / "averaged")
+    assert (
+        export_cli.main(["--model_dir", model_dir, "--out", averaged, "--average_last", "2", "--bucket_seconds", "5"])
+        == 0
+    )
+    latest = export.export_model_dir(
+        model_dir, str(tmp_path_factory.mktemp("export") / "latest"), bucket_seconds=BUCKETS
+    )
+    yield model_dir, states, averaged, latest
+    with gin.unlock_config():
+        gin.clear_config()
+
+
+def test_layout_and_checkpoint_average(exported):
+    _, states, averaged, _ = exported
+    loaded = export.load(averaged)
+    assert loaded.metadata["steps"] == [1, 2] and loaded.metadata["bucket_samples"] == [80000]
+    assert sorted(os.listdir(os.path.join(averaged, "functions"))) == ["embed_80000.jax", "transcribe_80000.jax"]
+    assert "make_model" in loaded.config_text
+    for got, first, second in zip(
+        jax.tree.leaves(loaded.variables["params"]),
+        jax.tree.leaves(states[1].params),
+        jax.tree.leaves(states[2].params),
+    ):
+        np.testing.assert_allclose(got, (np.asarray(first) + np.asarray(second)) / 2, rtol=1e-6)
+    for got, want in zip(jax.tree.leaves(loaded.variables["frozen"]), jax.tree.leaves(states[2].model_state["frozen"])):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_export_matches_the_model_tokens_embeddings_and_wer(exported):
+    model_dir, _, _, latest = exported
+    restored = evaluation.load_model_dir(model_dir)
+    loaded = export.load(latest)
+    rng = np.random.default_rng(0)
+    # Three utterances, one longer than the first bucket so the 8 s function is used; batch size 3 is not traced.
+    lengths = np.array([20000, 100000, 7000], np.int32)
+    waveform = (0.1 * rng.standard_normal((3, 100000))).astype(np.float32)
+    waveform[np.arange(100000)[None, :] >= lengths[:, None]] = 0.0
+    want_tokens, want_lengths = evaluation.make_transcriber(restored.model)(
+        restored.variables, jnp.asarray(waveform), jnp.asarray(lengths)
+    )
+    got_tokens, got_lengths = loaded.transcribe_tokens(waveform, lengths)
+    np.testing.assert_array_equal(got_lengths, want_lengths)
+    assert got_lengths.min() > 0, "a random model should emit tokens, or this comparison proves little"
+    np.testing.assert_array_equal(got_tokens, np.asarray(want_tokens))
+    texts = loaded.transcribe(waveform, lengths)
+    assert texts[0] == loaded._tokenizer.decode(got_tokens[0, : got_lengths[0]].tolist())
+    want_embedding = sonar_eval.embed_speech(restored.model, restored.variables, jnp.asarray(waveform), lengths)
+    np.testing.assert_allclose(loaded.embed(waveform, lengths), want_embedding, rtol=1e-4, atol=1e-5)
+
+    in_framework = evaluation.evaluate(model_dir=model_dir, splits=["test_in_vocab"], progress=False)
+    from_export = evaluation.evaluate(export_dir=latest, splits=["test_in_vocab"], progress=False)
+    assert from_export["test_in_vocab"]["wer"] == in_framework["test_in_vocab"]["wer"]
+    assert from_export["test_in_vocab"]["cer"] == in_framework["test_in_vocab"]["cer"]
+
+
+def test_too_long_input_names_lengths_and_option(exported):
+    loaded = export.load(exported[3])
+    with pytest.raises(
+        ValueError, match=r"160000 samples \(10\.0 s\) exceeds .* 128000 samples \(8\.0 s\).*--bucket_seconds"
+    ):
+        loaded.transcribe(np.zeros((1, 160000), np.float32), np.array([160000]))
+
+
+LOADER_SCRIPT = """
+import json, sys
+import numpy as np
+from maestro_jax import export
+model = export.load(sys.argv[1])
+waveform = np.zeros((2, 16000), np.float32)
+waveform[0] = 0.1 * np.sin(np.arange(16000) / 5.0)
+texts = model.transcribe(waveform, np.array([16000, 8000]))
+embedding = model.embed(waveform, np.array([16000, 8000]))
+heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("gin", "seqio", "tensorflow", "tensorflow_datasets")
+               or m in ("maestro_jax.train", "maestro_jax.trainer", "maestro_jax.evaluation", "maestro_jax.models",
+                        "maestro_jax.data", "maestro_jax.objectives"))
+print(json.dumps({"texts": texts, "embedding_shape": list(embedding.shape), "heavy": heavy}))
+"""
+
+
+def test_loader_runs_without_gin_seqio_tensorflow_or_training_code(exported):
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", LOADER_SCRIPT, exported[3]], capture_output=True, text=True, env=env, check=True
+    )
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    assert report["heavy"] == []
+    assert len(report["texts"]) == 2 and all(isinstance(t, str) for t in report["texts"])
+    assert report["embedding_shape"] == [2, export.load(exported[3]).metadata["embedding_dim"]]
