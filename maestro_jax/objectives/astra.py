@@ -29,10 +29,9 @@ from maestro_jax.losses.alignment import reduce_to_token_rate, rnnt_arc_posterio
 from maestro_jax.losses.rnnt import rnnt_log_probs_fused
 from maestro_jax.models.bestrq import span_mask
 from maestro_jax.objectives.common import (
-    active_from,
     best_path_emit_frames,
-    bestrq_terms,
     call,
+    combine_stream_terms,
     masked_mean,
     per_token,
     supervised_speech_terms,
@@ -133,18 +132,16 @@ def astra(
     ctc_weight > 0). distance: "l1" | "mse". text_mask_*: span masking of token-rate text (probability a token starts a
     span, span in tokens). Other arguments as in `maestro`.
     """
-    rng_paired, rng_cons, rng_text, rng_speech = jax.random.split(rng, 4)
-    loss = jnp.zeros((), jnp.float32)
-    metrics = {}
-    if "paired" in batch:
-        paired_on = active_from(step, paired_start_step)
+
+    def paired_fn(stream, stream_rng):
+        rng_asr, rng_cons = jax.random.split(stream_rng)
         asr_loss, asr_metrics, aux = supervised_speech_terms(
-            model, variables, batch["paired"], rng_paired, ctc_weight=ctc_weight, chunk_size=chunk_size
+            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size
         )
         consistency_loss, consistency_metrics = consistency_terms(
             model,
             variables,
-            batch["paired"],
+            stream,
             aux,
             rng_cons,
             consistency=consistency,
@@ -152,26 +149,31 @@ def astra(
             distance=distance,
             chunk_size=chunk_size,
         )
-        loss = loss + paired_on * (rnnt_weight * asr_loss + consistency_weight * consistency_loss)
-        metrics.update(asr_metrics, **consistency_metrics)
-    if "text" in batch:
-        text_on = active_from(step, text_start_step)
+        return rnnt_weight * asr_loss + consistency_weight * consistency_loss, {**asr_metrics, **consistency_metrics}
+
+    def text_fn(stream, stream_rng):
         text_loss, text_metrics = token_rate_text_terms(
             model,
             variables,
-            batch["text"],
-            rng_text,
+            stream,
+            stream_rng,
             mask_prob=text_mask_prob,
             mask_span=text_mask_span,
             chunk_size=chunk_size,
         )
-        loss = loss + text_on * text_weight * text_loss
-        metrics.update(text_metrics)
-    if "speech" in batch and bestrq_weight > 0:
-        speech_loss, speech_metrics = bestrq_terms(
-            model, variables, batch["speech"], rng_speech, mask_prob=bestrq_mask_prob, mask_span=bestrq_mask_span
-        )
-        loss = loss + bestrq_weight * speech_loss
-        metrics.update(speech_metrics)
-    metrics["loss"] = loss
-    return loss, metrics
+        return text_weight * text_loss, text_metrics
+
+    return combine_stream_terms(
+        model,
+        variables,
+        batch,
+        rng,
+        step,
+        paired_fn=paired_fn,
+        text_fn=text_fn,
+        paired_start_step=paired_start_step,
+        text_start_step=text_start_step,
+        bestrq_weight=bestrq_weight,
+        bestrq_mask_prob=bestrq_mask_prob,
+        bestrq_mask_span=bestrq_mask_span,
+    )

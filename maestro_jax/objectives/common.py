@@ -179,3 +179,46 @@ def bestrq_terms(
         "bestrq_masked_frames": jnp.sum(targets).astype(jnp.float32),
     }
     return loss, metrics
+
+
+def combine_stream_terms(
+    model,
+    variables,
+    batch,
+    rng,
+    step,
+    *,
+    paired_fn,
+    text_fn,
+    paired_start_step: int,
+    text_start_step: int,
+    bestrq_weight: float,
+    bestrq_mask_prob: float,
+    bestrq_mask_span: int,
+):
+    """The text-injection objectives' sum over whichever streams the batch has:
+
+        L = [step >= paired_start_step] paired_fn(paired) + [step >= text_start_step] text_fn(text)
+            + bestrq_weight * L_bestrq(speech)
+
+    paired_fn / text_fn: fn(stream, rng) -> (weighted loss, metrics). Returns (loss, metrics with "loss").
+    """
+    rng_paired, rng_text, rng_speech = jax.random.split(rng, 3)
+    loss = jnp.zeros((), jnp.float32)
+    metrics = {}
+    if "paired" in batch:
+        paired_loss, paired_metrics = paired_fn(batch["paired"], rng_paired)
+        loss = loss + active_from(step, paired_start_step) * paired_loss
+        metrics.update(paired_metrics)
+    if "text" in batch:
+        text_loss, text_metrics = text_fn(batch["text"], rng_text)
+        loss = loss + active_from(step, text_start_step) * text_loss
+        metrics.update(text_metrics)
+    if "speech" in batch and bestrq_weight > 0:
+        speech_loss, speech_metrics = bestrq_terms(
+            model, variables, batch["speech"], rng_speech, mask_prob=bestrq_mask_prob, mask_span=bestrq_mask_span
+        )
+        loss = loss + bestrq_weight * speech_loss
+        metrics.update(speech_metrics)
+    metrics["loss"] = loss
+    return loss, metrics

@@ -27,10 +27,9 @@ import jax.numpy as jnp
 from maestro_jax.layers.common import frame_mask
 from maestro_jax.models.bestrq import span_mask
 from maestro_jax.objectives.common import (
-    active_from,
     best_path_emit_frames,
-    bestrq_terms,
     call,
+    combine_stream_terms,
     durations_from_emit_frames,
     masked_mean,
     per_token,
@@ -151,41 +150,44 @@ def maestro(
     budget per text token for the upsampled text (max_frames = U * this). text_mask_*: span masking of upsampled text
     (probability a frame starts a span, span length in frames). bestrq_mask_*: as in the bestrq objective.
     """
-    rng_paired, rng_mm, rng_text, rng_speech = jax.random.split(rng, 4)
-    loss = jnp.zeros((), jnp.float32)
-    metrics = {}
-    if "paired" in batch:
-        paired_on = active_from(step, paired_start_step)
+
+    def paired_fn(stream, stream_rng):
+        rng_asr, rng_mm = jax.random.split(stream_rng)
         asr_loss, asr_metrics, aux = supervised_speech_terms(
-            model, variables, batch["paired"], rng_paired, ctc_weight=ctc_weight, chunk_size=chunk_size
+            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size
         )
         matching_loss, duration_loss, mm_metrics = modality_matching_terms(
-            model, variables, batch["paired"], aux, rng_mm, aligner=aligner, chunk_size=chunk_size
+            model, variables, stream, aux, rng_mm, aligner=aligner, chunk_size=chunk_size
         )
         paired_loss = (
             rnnt_weight * asr_loss + modality_matching_weight * matching_loss + duration_weight * duration_loss
         )
-        loss = loss + paired_on * paired_loss
-        metrics.update(asr_metrics, **mm_metrics)
-    if "text" in batch:
-        text_on = active_from(step, text_start_step)
+        return paired_loss, {**asr_metrics, **mm_metrics}
+
+    def text_fn(stream, stream_rng):
         text_loss, text_metrics = text_injection_terms(
             model,
             variables,
-            batch["text"],
-            rng_text,
-            max_frames=batch["text"]["tokens"].shape[1] * text_frames_per_token,
+            stream,
+            stream_rng,
+            max_frames=stream["tokens"].shape[1] * text_frames_per_token,
             mask_prob=text_mask_prob,
             mask_span=text_mask_span,
             chunk_size=chunk_size,
         )
-        loss = loss + text_on * text_weight * text_loss
-        metrics.update(text_metrics)
-    if "speech" in batch and bestrq_weight > 0:
-        speech_loss, speech_metrics = bestrq_terms(
-            model, variables, batch["speech"], rng_speech, mask_prob=bestrq_mask_prob, mask_span=bestrq_mask_span
-        )
-        loss = loss + bestrq_weight * speech_loss
-        metrics.update(speech_metrics)
-    metrics["loss"] = loss
-    return loss, metrics
+        return text_weight * text_loss, text_metrics
+
+    return combine_stream_terms(
+        model,
+        variables,
+        batch,
+        rng,
+        step,
+        paired_fn=paired_fn,
+        text_fn=text_fn,
+        paired_start_step=paired_start_step,
+        text_start_step=text_start_step,
+        bestrq_weight=bestrq_weight,
+        bestrq_mask_prob=bestrq_mask_prob,
+        bestrq_mask_span=bestrq_mask_span,
+    )
