@@ -18,9 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maestro_jax.layers.attention import MultiHeadAttention
 from maestro_jax.layers.common import Dense, Dtype, LayerNorm, constrain, masked_fill
-from maestro_jax.layers.transformer import FeedForward, TransformerBlock
+from maestro_jax.layers.transformer import FeedForward, TransformerBlock, self_attention_branch
 
 REMAT_POLICIES = {
     "full": jax.checkpoint_policies.nothing_saveable,
@@ -142,16 +141,7 @@ class ConformerBlock(nn.Module):
         x = x + 0.5 * FeedForward(self.ff_dim, self.dropout_rate, self.dtype, name="feed_forward_1")(x, train=train)
         if self.convolution_first:
             x = x + convolution(x, mask, train=train)
-        y = LayerNorm(dtype=self.dtype, name="attention_norm")(x)
-        y = MultiHeadAttention(
-            self.num_heads,
-            dim // self.num_heads,
-            self.relative_position,
-            self.dropout_rate,
-            self.dtype,
-            name="attention",
-        )(y, y, mask, train=train)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+        x = x + self_attention_branch(self, x, mask, train=train)
         if not self.convolution_first:
             x = x + convolution(x, mask, train=train)
         x = x + 0.5 * FeedForward(self.ff_dim, self.dropout_rate, self.dtype, name="feed_forward_2")(x, train=train)

@@ -8,6 +8,22 @@ from maestro_jax.layers.attention import MultiHeadAttention
 from maestro_jax.layers.common import Dense, Dtype, LayerNorm, constrain, masked_fill
 
 
+def self_attention_branch(block: nn.Module, x: jax.Array, mask: jax.Array, *, train: bool) -> jax.Array:
+    """Pre-norm self-attention residual branch of a Transformer or Conformer block, created inside `block`'s compact
+    call (so its params stay `attention_norm` and `attention` of that block). Reads the block's num_heads,
+    relative_position, dropout_rate and dtype. x f32[B, T, D] -> f32[B, T, D] to add to x."""
+    y = LayerNorm(dtype=block.dtype, name="attention_norm")(x)
+    y = MultiHeadAttention(
+        block.num_heads,
+        x.shape[-1] // block.num_heads,
+        block.relative_position,
+        block.dropout_rate,
+        block.dtype,
+        name="attention",
+    )(y, y, mask, train=train)
+    return nn.Dropout(block.dropout_rate)(y, deterministic=not train)
+
+
 class FeedForward(nn.Module):
     """LayerNorm -> Dense(D -> hidden_dim) -> swish -> dropout -> Dense(-> D) -> dropout; [B, T, D] -> [B, T, D]."""
 
@@ -37,16 +53,6 @@ class TransformerBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask: jax.Array, train: bool) -> jax.Array:
-        dim = x.shape[-1]
-        y = LayerNorm(dtype=self.dtype, name="attention_norm")(x)
-        y = MultiHeadAttention(
-            self.num_heads,
-            dim // self.num_heads,
-            self.relative_position,
-            self.dropout_rate,
-            self.dtype,
-            name="attention",
-        )(y, y, mask, train=train)
-        x = x + nn.Dropout(self.dropout_rate)(y, deterministic=not train)
+        x = x + self_attention_branch(self, x, mask, train=train)
         x = x + FeedForward(self.ff_dim, self.dropout_rate, self.dtype, name="feed_forward")(x, train=train)
         return masked_fill(x, mask)
