@@ -306,8 +306,9 @@ def manifest_batches(
         yield batch
 
 
-def split_batches(split: str, *, batch_size: int = 16, samples_multiple: int = 16000):
-    """(batches, number of batches) of one ordered pass over a synthetic-corpus split (configured by gin)."""
+def split_batches(split: str, *, batch_size: int = 16, samples_multiple: int = 16000, needs_text: bool = False):
+    """(batches, number of batches) of one ordered pass over a synthetic-corpus split (configured by gin); with
+    `needs_text` the batches carry `tokens`/`token_length` too."""
     # The seqio/TensorFlow data stack loads only when a split is evaluated.
     import seqio
 
@@ -316,7 +317,9 @@ def split_batches(split: str, *, batch_size: int = 16, samples_multiple: int = 1
     _, size = pipeline.synthetic_corpus()
     task = tasks.synthetic_task_name(size, split)
     count = seqio.get_mixture_or_task(task).num_input_examples(tasks.only_split(task))
-    batches = batcher.eval_batches(task, batch_size=batch_size, needs_text=False, samples_multiple=samples_multiple)
+    batches = batcher.eval_batches(
+        task, batch_size=batch_size, needs_text=needs_text, samples_multiple=samples_multiple
+    )
     return batches, (None if count is None else -(-count // batch_size))
 
 
@@ -382,6 +385,61 @@ def evaluate(
     return results
 
 
+def retrieval_errors(
+    *,
+    model_dir: str,
+    splits: Sequence[str] = DEFAULT_SPLITS,
+    checkpoint_step: int | None = None,
+    use_ema: bool = False,
+    batch_size: int = 16,
+    pad_seconds: float = 5.0,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """SONAR speech->text retrieval error (xsim, `sonar_eval.retrieval_error`) of a `sonar_speech` model directory
+    on synthetic-corpus splits: each utterance's pooled speech embedding searches the frozen teacher's embeddings of
+    every transcript of the split. Returns {split: {"retrieval_error", "num_utterances"}}."""
+    from tqdm.auto import tqdm
+
+    from maestro_jax import sonar_eval
+    from maestro_jax.objectives.sonar import TEACHER_COLLECTION
+
+    restored = load_model_dir(model_dir, checkpoint_step=checkpoint_step, use_ema=use_ema)
+    if TEACHER_COLLECTION not in restored.variables:
+        raise ValueError(
+            f"{model_dir} holds no SONAR teacher ({TEACHER_COLLECTION!r} collection); retrieval error needs a model "
+            "trained with the sonar_speech objective. Drop --retrieval to score transcription instead."
+        )
+    try:
+        teacher_model = gin.query_parameter("sonar_speech.teacher_model").scoped_configurable_fn()
+    except ValueError as error:
+        raise ValueError(
+            f"the operative config of {model_dir} binds no sonar_speech.teacher_model, so its teacher cannot be built "
+            "for retrieval; evaluate a run trained with gin/objectives/sonar_speech.gin."
+        ) from error
+    teacher_params = {"params": restored.variables[TEACHER_COLLECTION]}
+    embed_speech = jax.jit(functools.partial(sonar_eval.embed_speech, restored.model))
+    embed_text = jax.jit(functools.partial(teacher_model.apply, method="embed"))
+    results = {}
+    samples_multiple = int(round(pad_seconds * SAMPLE_RATE))
+    for split in splits:
+        batches, total = split_batches(split, batch_size=batch_size, samples_multiple=samples_multiple, needs_text=True)
+        speech, text, transcripts = [], [], []
+        for batch in tqdm(batches, desc=f"embed {split}", unit="batch", total=total, disable=not progress):
+            valid = np.asarray(batch["valid"])
+            speech.append(
+                np.asarray(embed_speech(restored.variables, batch["waveform"], batch["waveform_length"]))[valid]
+            )
+            text.append(np.asarray(embed_text(teacher_params, batch["tokens"], batch["token_length"]))[valid])
+            transcripts.extend(_as_str(t) for t, ok in zip(batch["text"], valid) if ok)
+        results[split] = {
+            "retrieval_error": sonar_eval.retrieval_error(
+                np.concatenate(speech), np.concatenate(text), [normalize_transcript(t) for t in transcripts]
+            ),
+            "num_utterances": float(len(transcripts)),
+        }
+    return results
+
+
 def tokenizer_of_config() -> str:
     """The sentencepiece model of the synthetic corpus named by the current gin config."""
     from maestro_jax.data import pipeline
@@ -399,4 +457,13 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
             f"{name:<{width}}  {100 * metrics['wer']:7.2f}  {100 * metrics['cer']:7.2f}  "
             f"{int(metrics['num_utterances']):5d}"
         )
+    return "\n".join(lines)
+
+
+def format_retrieval_table(results: dict[str, dict[str, float]]) -> str:
+    """A plain-text table: one row per split with the retrieval error in percent and the utterance count."""
+    width = max([len("source")] + [len(name) for name in results])
+    lines = [f"{'source':<{width}}  {'xsim err %':>10}  {'utts':>5}"]
+    for name, metrics in results.items():
+        lines.append(f"{name:<{width}}  {100 * metrics['retrieval_error']:10.2f}  {int(metrics['num_utterances']):5d}")
     return "\n".join(lines)

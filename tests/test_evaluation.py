@@ -173,3 +173,72 @@ def test_cli_prints_table_and_reports_missing_checkpoint(run, tmp_path, capsys):
     assert table.splitlines()[1].split()[0] == "dev" and table.splitlines()[1].split()[-1] == "16"
     assert eval_cli.main(["--model_dir", str(tmp_path)]) == 1
     assert "no checkpoints under" in capsys.readouterr().err
+
+
+def test_retrieval_error_of_a_sonar_model_dir_matches_numpy_nearest_neighbour(tmp_path):
+    """retrieval_errors on a random-init SONAR student + teacher equals a per-utterance NumPy nearest-neighbour count
+    (manifest audio, sentencepiece tokens, unpadded embeddings)."""
+    import sentencepiece
+
+    from maestro_jax.models.sonar_text import SonarTextModel
+    from maestro_jax.objectives.sonar import add_teacher
+
+    corpus_dir = synthetic.cached_corpus("tiny")
+    maestro_jax.register_configurables()
+    with gin.unlock_config():
+        gin.clear_config()
+        for name in ("gin/models/tiny.gin", "gin/models/sonar_text_tiny.gin"):
+            gin.parse_config_file(os.path.join(REPO, name))
+        gin.parse_config(
+            f"synthetic_corpus.corpus_dir = '{corpus_dir}'\nsynthetic_corpus.size = 'tiny'\n"
+            "sonar_speech.teacher_model = @SonarTextModel()\nModelConfig.pooler_output_dim = 32"
+        )
+    pipeline.synthetic_corpus()
+    model, teacher = make_model(), SonarTextModel()
+    tokens, token_length = jnp.ones([2, 8], jnp.int32), jnp.array([8, 4], jnp.int32)
+    batch = {
+        "paired": {
+            "waveform": jnp.zeros([2, 16000]),
+            "waveform_length": jnp.array([16000, 8000], jnp.int32),
+            "tokens": tokens,
+            "token_length": token_length,
+        }
+    }
+    teacher_params = nn.unbox(jax.jit(teacher.init)(jax.random.PRNGKey(3), batch)["params"])
+    init = trainer.make_init_fn(
+        model, optax.sgd(0.1), use_ema=False, init_hooks=[lambda v: add_teacher(v, teacher_params)]
+    )
+    state = jax.jit(lambda rng: nn.unbox(init(rng, batch)))(jax.random.PRNGKey(4))
+    checkpointer = checkpoints.Checkpointer(str(tmp_path / "checkpoints"), async_save=False)
+    # The full config: the operative one lists only configurables already called, and sonar_speech was not.
+    checkpointer.save(1, state, data_state={}, config_text=gin.config_str(), force=True)
+    checkpointer.close()
+
+    got = evaluation.retrieval_errors(model_dir=str(tmp_path), splits=["test_in_vocab"], batch_size=8, progress=False)
+
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(corpus_dir / "spm" / "spm.model"))
+    variables = {"params": state.params, **state.model_state}
+    speech, text, transcripts = [], [], []
+    for entry in audio_files.list_manifest(str(corpus_dir / "manifests" / "test_in_vocab.jsonl")):
+        waveform = audio_files.read_audio(entry.path)
+        h, n = model.apply(variables, waveform[None], np.array([len(waveform)]), train=False, method="encode_speech")
+        speech.append(np.asarray(model.apply(variables, h, n, method="pool"))[0])
+        ids = np.array([tokenizer.encode(entry.text)], np.int32)
+        text.append(
+            np.asarray(teacher.apply({"params": teacher_params}, ids, np.array([ids.shape[1]]), method="embed"))[0]
+        )
+        transcripts.append(entry.text)
+    speech, text = np.array(speech, np.float64), np.array(text, np.float64)
+    cosine = (speech / np.linalg.norm(speech, axis=1, keepdims=True)) @ (text / np.linalg.norm(text, axis=1)[:, None]).T
+    misses = sum(transcripts[int(np.argmax(row))] != transcripts[i] for i, row in enumerate(cosine))
+    assert got["test_in_vocab"]["num_utterances"] == len(transcripts) == 16
+    assert got["test_in_vocab"]["retrieval_error"] == pytest.approx(misses / len(transcripts))
+    with gin.unlock_config():
+        gin.clear_config()
+
+
+def test_retrieval_error_needs_a_sonar_model_dir(run):
+    model_dir, _, _ = run
+    assert eval_cli.main(["--model_dir", model_dir, "--retrieval", "--split", "test_in_vocab"]) == 1
+    with pytest.raises(ValueError, match="holds no SONAR teacher.*Drop --retrieval"):
+        evaluation.retrieval_errors(model_dir=model_dir, splits=["test_in_vocab"])

@@ -2,6 +2,7 @@
 
 maestro-eval --model_dir DIR | --export_dir DIR [--split test_in_vocab ...] [--manifest file.jsonl ...]
     [--decoder rnnt_greedy|rnnt_beam|ctc_greedy] [--beam_size 4] [--out hyps.jsonl] [--checkpoint_step N] [--use_ema]
+maestro-eval --model_dir DIR --retrieval [--split test_in_vocab ...]   (SONAR speech->text retrieval error)
 """
 
 import argparse
@@ -30,12 +31,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--checkpoint_step", type=int, help="checkpoint step to evaluate (default: the latest)")
     parser.add_argument("--use_ema", action="store_true", help="evaluate the EMA params")
     parser.add_argument("--batch_size", type=int, default=16, help="utterances per decoding batch")
+    parser.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="score a sonar_speech model by speech->text retrieval error (xsim) on --split instead of WER",
+    )
     parser.add_argument("--json", action="store_true", help="print the metrics as JSON after the table")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.retrieval:
+        return retrieval_main(args)
     try:
         results = evaluation.evaluate(
             model_dir=args.model_dir,
@@ -57,6 +65,27 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(results, indent=1))
     if args.out:
         print(f"hypotheses: {args.out}")
+    return 0
+
+
+def retrieval_main(args: argparse.Namespace) -> int:
+    if args.model_dir is None or args.manifest:
+        print("maestro-eval: --retrieval scores a --model_dir on corpus --split(s) only.", file=sys.stderr)
+        return 1
+    try:
+        results = evaluation.retrieval_errors(
+            model_dir=args.model_dir,
+            splits=args.split or evaluation.DEFAULT_SPLITS,
+            checkpoint_step=args.checkpoint_step,
+            use_ema=args.use_ema,
+            batch_size=args.batch_size,
+        )
+    except (FileNotFoundError, ValueError) as error:
+        print(f"maestro-eval: {error}", file=sys.stderr)
+        return 1
+    print(evaluation.format_retrieval_table(results))
+    if args.json:
+        print(json.dumps(results, indent=1))
     return 0
 
 
