@@ -16,7 +16,7 @@ import time
 import gin
 
 from maestro_jax import evaluation, export, train
-from maestro_jax.cli.train import GinConfigError, configure_gin
+from maestro_jax.cli.train import GinConfigError, configure_gin, gin_bindings
 from maestro_jax.data import pipeline
 
 DEFAULT_GIN_FILE = "gin/experiments/small_maestro.gin"
@@ -28,12 +28,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--gin_file", action="append", help=f"experiment gin file(s) (default {DEFAULT_GIN_FILE})")
     parser.add_argument("--export_dir", help="where the export goes (default MODEL_DIR/export)")
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if not arg.startswith("--gin.") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}; expected --gin_file, --export_dir or --gin.NAME=VALUE")
-        name, value = arg[len("--gin.") :].split("=", 1)
-        bindings.append(f"{name} = {value}")
+    bindings = gin_bindings(rest, parser)
     args.gin_file = args.gin_file or [DEFAULT_GIN_FILE]
     return args, bindings
 

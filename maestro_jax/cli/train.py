@@ -29,15 +29,21 @@ def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
     parser = argparse.ArgumentParser(prog="maestro-train", description=__doc__.splitlines()[0])
     parser.add_argument("--gin_file", action="append", default=[], help="gin file (repeatable)")
     args, rest = parser.parse_known_args(argv)
-    bindings = []
-    for arg in rest:
-        if not arg.startswith("--gin.") or "=" not in arg:
-            parser.error(f"unrecognised argument {arg!r}; expected --gin_file=FILE or --gin.NAME=VALUE")
-        name, value = arg[len("--gin.") :].split("=", 1)
-        bindings.append(f"{name} = {value}")
+    bindings = gin_bindings(rest, parser)
     if not args.gin_file:
         parser.error("give at least one --gin_file (e.g. --gin_file=runs/cpu_debug.gin plus model/objective/data)")
     return args.gin_file, bindings
+
+
+def gin_bindings(flags: list[str], parser: argparse.ArgumentParser) -> list[str]:
+    """`--gin.NAME=VALUE` flags -> gin bindings `NAME = VALUE`; anything else is a usage error of `parser`."""
+    bindings = []
+    for flag in flags:
+        if not flag.startswith("--gin.") or "=" not in flag:
+            parser.error(f"unrecognised argument {flag!r}; expected --gin.NAME=VALUE")
+        name, value = flag[len("--gin.") :].split("=", 1)
+        bindings.append(f"{name} = {value}")
+    return bindings
 
 
 def resolve_gin_file(path: str) -> str:
@@ -71,13 +77,18 @@ def configure_gin(gin_files: list[str], bindings: list[str]) -> None:
     gin.finalize()
 
 
-def main(argv: list[str] | None = None) -> int:
+def log_to_stderr() -> None:
+    """Timestamped INFO logs of the maestro_jax package on stderr (step metrics, checkpoints, skipped examples)."""
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     package_logger = logging.getLogger("maestro_jax")
     package_logger.addHandler(handler)
     package_logger.setLevel(logging.INFO)
     package_logger.propagate = False
+
+
+def main(argv: list[str] | None = None) -> int:
+    log_to_stderr()
     gin_files, bindings = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         configure_gin(gin_files, bindings)
