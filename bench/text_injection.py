@@ -1,0 +1,260 @@
+"""The toy paper table: does text injection help words never heard in paired speech? And does SONAR retrieve?
+
+    .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--steps 2000] [--jobs 2]
+        [--systems supervised,maestro,astra,sonar] [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
+
+Trains, on the small synthetic corpus with one model size and one step budget (gin/experiments/toy_*.gin, which
+share gin/runs/toy_table.gin): paired-only supervised RNN-T, MAESTRO and ASTRA (both adding the unspoken-text and
+untranscribed-speech streams), then scores WER/CER on test_in_vocab and test_text_only_vocab (every utterance of the
+latter holds words that occur only in text_train) plus the recall of those text-only words. SONAR trains stage 1
+(text auto-encoder on text_train) and stage 2 (speech tower + pooler on paired_train) and scores speech->text
+retrieval error on both test splits.
+
+Each stage runs in its own process; `--jobs` chains run at once, each pinned to its share of the CPU cores. Results
+land in WORKDIR/<stage>/result.json; rerunning resumes training from checkpoints and skips finished stages, then
+prints the table (Markdown) and writes WORKDIR/table.md. `--gin_file`/`--gin.` go to every stage after its
+experiment file (the test runs the tiny model on the tiny corpus this way).
+"""
+
+import argparse
+import collections
+import json
+import os
+import subprocess
+import sys
+import time
+
+from maestro_jax.cli.train import gin_bindings
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPLITS = ("test_in_vocab", "test_text_only_vocab")
+SPEECH_SYSTEMS = ("supervised", "maestro", "astra")
+# A system is a chain of stages run one after the other; each stage is one experiment file.
+CHAINS = {
+    "supervised": ("supervised",),
+    "maestro": ("maestro",),
+    "astra": ("astra",),
+    "sonar": ("sonar_text", "sonar_speech"),
+}
+
+
+def experiment_file(stage: str) -> str:
+    return f"gin/experiments/toy_{stage}.gin"
+
+
+def text_only_word_recall(rows: list[dict], text_only_words: set[str]) -> dict[str, float]:
+    """Share of text-only words in the references that the hypothesis of the same utterance contains (as many times).
+
+    rows: {"reference", "hypothesis"} after the evaluation normaliser. Returns {"recall", "num_words"}.
+    """
+    found = total = 0
+    for row in rows:
+        wanted = collections.Counter(w for w in row["reference"].split() if w in text_only_words)
+        heard = collections.Counter(row["hypothesis"].split())
+        total += sum(wanted.values())
+        found += sum(min(count, heard[word]) for word, count in wanted.items())
+    return {"recall": found / total if total else float("nan"), "num_words": float(total)}
+
+
+# ---------------------------------------------------------------- one stage (a child process)
+
+
+def run_stage(stage: str, workdir: str, steps: int, gin_files: list[str], bindings: list[str]) -> dict:
+    """Trains one stage to `steps` (resuming) and evaluates it; returns and writes its result.json."""
+    from maestro_jax import evaluation, train
+    from maestro_jax.cli.train import configure_gin, log_to_stderr
+
+    log_to_stderr()
+
+    model_dir = os.path.join(workdir, stage)
+    stage_bindings = [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}"]
+    if stage == "sonar_speech":
+        stage_bindings.append(f"SONAR_TEACHER_CHECKPOINT = '{os.path.join(workdir, 'sonar_text')}'")
+    configure_gin([experiment_file(stage), *gin_files], stage_bindings + bindings)
+    saved = evaluation.checkpoint_steps(os.path.join(model_dir, "checkpoints"))
+    if not saved or saved[-1] < steps:
+        train.train()
+    # Scored at exactly `steps` (kept by KEEP_CHECKPOINTS), so a run cut short can be scored at a common earlier step.
+    result = {"stage": stage, "steps": steps, "train_seconds": logged_train_seconds(model_dir, steps)}
+    start = time.perf_counter()
+    if stage in SPEECH_SYSTEMS:
+        hypotheses = os.path.join(model_dir, "hypotheses.jsonl")
+        result["metrics"] = evaluation.evaluate(
+            model_dir=model_dir, splits=SPLITS, out=hypotheses, checkpoint_step=steps, progress=False
+        )
+        with open(hypotheses) as f:
+            rows = [row for row in map(json.loads, f) if row["source"] == "test_text_only_vocab"]
+        normalized = [{k: evaluation.normalize_transcript(row[k]) for k in ("reference", "hypothesis")} for row in rows]
+        result["text_only_words"] = text_only_word_recall(normalized, corpus_text_only_words())
+    elif stage == "sonar_speech":
+        result["metrics"] = evaluation.retrieval_errors(
+            model_dir=model_dir, splits=SPLITS, checkpoint_step=steps, progress=False
+        )
+    result["eval_seconds"] = time.perf_counter() - start
+    with open(os.path.join(model_dir, "result.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    return result
+
+
+def logged_train_seconds(model_dir: str, step: int) -> float:
+    """Training time to `step` from the run's metrics.jsonl (logged steps/s per interval; compile excluded), so a
+    resumed or re-scored run still reports the time its steps took."""
+    seconds, previous = 0.0, 0
+    with open(os.path.join(model_dir, "metrics.jsonl")) as f:
+        for record in map(json.loads, f):
+            if "steps_per_second" in record and previous < record["step"] <= step:
+                seconds += (record["step"] - previous) / record["steps_per_second"]
+                previous = record["step"]
+    return seconds
+
+
+def corpus_text_only_words() -> set[str]:
+    """The synthetic corpus's B words (text_train only) of the corpus named by the current gin config."""
+    from maestro_jax.data import pipeline
+
+    corpus_dir, _ = pipeline.synthetic_corpus()
+    with open(os.path.join(corpus_dir, "vocab.json")) as f:
+        return set(json.load(f)["B"])
+
+
+# ---------------------------------------------------------------- the orchestrator
+
+
+def core_sets(jobs: int) -> list[set[int]]:
+    """This process's CPUs split into `jobs` disjoint sets (one per concurrent chain); fewer CPUs than jobs: shared."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < jobs:
+        return [set(cpus)] * jobs
+    share = len(cpus) // jobs
+    return [set(cpus[i * share : (i + 1) * share]) for i in range(jobs)]
+
+
+def stage_command(stage: str, args: argparse.Namespace, passthrough: list[str]) -> list[str]:
+    steps = args.sonar_text_steps if stage == "sonar_text" else args.steps
+    command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--workdir", args.workdir]
+    return command + ["--steps", str(steps), *passthrough]
+
+
+def run_chains(systems: list[str], args: argparse.Namespace, passthrough: list[str]) -> None:
+    """Runs each system's chain of stages, `args.jobs` chains at once, each stage a child process pinned to a core set;
+    logs go to WORKDIR/<stage>.log. Raises if a stage fails."""
+    pending = [list(CHAINS[system]) for system in systems]
+    running: dict[int, tuple[subprocess.Popen, list[str], str]] = {}  # slot -> (process, rest of chain, stage)
+    slots = core_sets(args.jobs)
+    failures = []
+    while pending or running:
+        for slot, cores in enumerate(slots):
+            if slot in running or not pending:
+                continue
+            chain = pending.pop(0)
+            running[slot] = start_stage(chain, cores, args, passthrough)
+        time.sleep(2)
+        for slot, (process, rest, stage) in list(running.items()):
+            if process.poll() is None:
+                continue
+            del running[slot]
+            if process.returncode != 0:
+                failures.append(f"{stage} (exit {process.returncode}, log {os.path.join(args.workdir, stage)}.log)")
+            elif rest:
+                running[slot] = start_stage(rest, slots[slot], args, passthrough)
+    if failures:
+        raise RuntimeError("stages failed: " + "; ".join(failures))
+
+
+def start_stage(chain: list[str], cores: set[int], args, passthrough) -> tuple[subprocess.Popen, list[str], str]:
+    stage, rest = chain[0], chain[1:]
+    if os.path.exists(os.path.join(args.workdir, stage, "result.json")):
+        print(f"[{stage}] done before; skipped", flush=True)
+        return subprocess.Popen(["true"]), rest, stage
+    print(f"[{stage}] starting on cpus {sorted(cores)}; log {os.path.join(args.workdir, stage)}.log", flush=True)
+    log = open(os.path.join(args.workdir, f"{stage}.log"), "w")
+    process = subprocess.Popen(
+        stage_command(stage, args, passthrough),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+    )
+    return process, rest, stage
+
+
+def load_results(workdir: str) -> dict[str, dict]:
+    results = {}
+    for stage in [s for chain in CHAINS.values() for s in chain]:
+        path = os.path.join(workdir, stage, "result.json")
+        if os.path.exists(path):
+            with open(path) as f:
+                results[stage] = json.load(f)
+    return results
+
+
+def format_table(results: dict[str, dict]) -> str:
+    """Markdown: WER per test split, text-only-word recall and relative WER change vs paired-only; SONAR rows."""
+    lines = [
+        "| system | steps | train min | test_in_vocab WER % | test_text_only_vocab WER % | text-only words recalled % "
+        "| text_only_vocab WER vs paired-only |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    baseline = results.get("supervised", {}).get("metrics", {}).get("test_text_only_vocab", {}).get("wer")
+    for system in SPEECH_SYSTEMS:
+        if system not in results:
+            continue
+        result = results[system]
+        wer = {split: result["metrics"][split]["wer"] for split in SPLITS}
+        change = f"{100 * (wer[SPLITS[1]] / baseline - 1):+.1f} %" if baseline and system != "supervised" else ""
+        lines.append(
+            f"| {system} | {result['steps']} | {result['train_seconds'] / 60:.1f} | {100 * wer[SPLITS[0]]:.2f} | "
+            f"{100 * wer[SPLITS[1]]:.2f} | {100 * result['text_only_words']['recall']:.1f} | {change} |"
+        )
+    if "sonar_speech" in results:
+        sonar = results["sonar_speech"]
+        minutes = (sonar["train_seconds"] + results.get("sonar_text", {}).get("train_seconds", 0.0)) / 60
+        errors = " / ".join(f"{s} {100 * sonar['metrics'][s]['retrieval_error']:.1f} %" for s in SPLITS)
+        steps = f"{results.get('sonar_text', {}).get('steps', '?')} / {sonar['steps']}"
+        lines += [
+            "",
+            "| system | steps (text / speech) | train min | speech->text retrieval error (xsim) |",
+            "|---|---|---|---|",
+            f"| SONAR | {steps} | {minutes:.1f} | {errors} |",
+        ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/text_injection")
+    parser.add_argument("--steps", type=int, default=2000, help="train steps of every speech stage")
+    parser.add_argument("--sonar_text_steps", type=int, default=2000, help="train steps of SONAR stage 1")
+    parser.add_argument("--jobs", type=int, default=2, help="chains run at once (each pinned to its CPU share)")
+    parser.add_argument("--systems", default=",".join(CHAINS), help=f"comma-separated subset of {list(CHAINS)}")
+    parser.add_argument("--gin_file", action="append", default=[], help="extra gin file for every stage")
+    parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
+    args, rest = parser.parse_known_args(argv)
+    bindings = gin_bindings(rest, parser)
+    unknown = set(args.systems.split(",")) - set(CHAINS)
+    if unknown:
+        parser.error(f"unknown systems {sorted(unknown)}; choose from {list(CHAINS)}")
+    args.workdir = os.path.abspath(args.workdir)
+    return args, bindings
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args, bindings = parse_args(argv)
+    if args.stage:
+        os.chdir(REPO)
+        run_stage(args.stage, args.workdir, args.steps, args.gin_file, bindings)
+        return 0
+    os.makedirs(args.workdir, exist_ok=True)
+    passthrough = [f"--gin_file={f}" for f in args.gin_file] + [a for a in argv if a.startswith("--gin.")]
+    start = time.perf_counter()
+    run_chains(args.systems.split(","), args, passthrough)
+    table = format_table(load_results(args.workdir))
+    with open(os.path.join(args.workdir, "table.md"), "w") as f:
+        f.write(table + "\n")
+    print(f"\n{table}\n\nwall time {(time.perf_counter() - start) / 60:.1f} min; results in {args.workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

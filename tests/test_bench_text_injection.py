@@ -1,0 +1,98 @@
+"""bench/text_injection.py: the text-only-word recall and table against hand counts, and one end-to-end run of the
+paired-only and SONAR chains on the tiny model and corpus (two processes pinned to their own cores), then a rerun
+that resumes from the finished stages."""
+
+import importlib.util
+import math
+import os
+
+import pytest
+
+from maestro_jax.data import synthetic
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_spec = importlib.util.spec_from_file_location("text_injection", os.path.join(REPO, "bench", "text_injection.py"))
+text_injection = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(text_injection)
+
+
+def test_text_only_word_recall_counts_each_occurrence_once():
+    rows = [
+        {"reference": "the zebra saw a zebra", "hypothesis": "the zebra saw a cat"},  # 1 of 2 zebras
+        {"reference": "paris and oslo", "hypothesis": "oslo and paris and oslo"},  # both, extra oslo not counted
+        {"reference": "a cat", "hypothesis": ""},  # no text-only word: not in the denominator
+    ]
+    got = text_injection.text_only_word_recall(rows, {"zebra", "paris", "oslo"})
+    assert got == {"recall": 3 / 4, "num_words": 4.0}
+    assert math.isnan(text_injection.text_only_word_recall(rows[2:], {"zebra"})["recall"])
+
+
+def test_table_reports_relative_change_against_paired_only():
+    def speech(in_vocab, text_only, recall):
+        return {
+            "steps": 10,
+            "train_seconds": 60.0,
+            "metrics": {"test_in_vocab": {"wer": in_vocab}, "test_text_only_vocab": {"wer": text_only}},
+            "text_only_words": {"recall": recall},
+        }
+
+    results = {
+        "supervised": speech(0.2, 0.4, 0.1),
+        "maestro": speech(0.2, 0.3, 0.5),
+        "sonar_text": {"steps": 5, "train_seconds": 30.0},
+        "sonar_speech": {
+            "steps": 10,
+            "train_seconds": 90.0,
+            "metrics": {"test_in_vocab": {"retrieval_error": 0.02}, "test_text_only_vocab": {"retrieval_error": 0.1}},
+        },
+    }
+    table = text_injection.format_table(results)
+    assert "| maestro | 10 | 1.0 | 20.00 | 30.00 | 50.0 | -25.0 % |" in table
+    assert "| supervised | 10 | 1.0 | 20.00 | 40.00 | 10.0 |  |" in table
+    assert "| SONAR | 5 / 10 | 2.0 | test_in_vocab 2.0 % / test_text_only_vocab 10.0 % |" in table
+
+
+def test_core_sets_are_disjoint_when_there_are_enough_cores():
+    sets = text_injection.core_sets(2)
+    if len(os.sched_getaffinity(0)) >= 2:
+        assert not sets[0] & sets[1] and sets[0] and sets[1]
+    else:
+        assert sets[0] == sets[1]
+
+
+def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
+    corpus_dir = synthetic.cached_corpus("tiny")
+    argv = [
+        "--workdir",
+        str(tmp_path),
+        "--steps",
+        "2",
+        "--sonar_text_steps",
+        "2",
+        "--systems",
+        "supervised,sonar",
+        "--gin_file=gin/models/tiny.gin",
+        "--gin_file=gin/models/sonar_text_tiny.gin",
+        "--gin.CORPUS_SIZE='tiny'",
+        f"--gin.CORPUS_DIR='{corpus_dir}'",
+        "--gin.CHECKPOINT_EVERY_STEPS=2",
+    ]
+    assert text_injection.main(argv) == 0, [
+        open(tmp_path / f).read()[-3000:] for f in os.listdir(tmp_path) if ".log" in f
+    ]
+    results = text_injection.load_results(str(tmp_path))
+    assert set(results) == {"supervised", "sonar_text", "sonar_speech"}
+    assert results["supervised"]["steps"] == 2 and results["supervised"]["train_seconds"] > 0
+    assert set(results["supervised"]["metrics"]) == set(text_injection.SPLITS)
+    assert results["supervised"]["metrics"]["test_text_only_vocab"]["num_utterances"] == 16
+    assert results["supervised"]["text_only_words"]["num_words"] > 0
+    for split in text_injection.SPLITS:
+        assert 0.0 <= results["sonar_speech"]["metrics"][split]["retrieval_error"] <= 1.0
+    table = (tmp_path / "table.md").read_text()
+    assert "| supervised | 2 |" in table and "| SONAR | 2 / 2 |" in table
+    capsys.readouterr()
+    assert text_injection.main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("done before; skipped") == 3
+    with pytest.raises(SystemExit):
+        text_injection.parse_args(["--systems", "supervised,nope"])
