@@ -1,6 +1,6 @@
 """The toy paper table: does text injection help words never heard in paired speech? And does SONAR retrieve?
 
-    .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--steps 2000] [--jobs 2]
+    .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--steps 2000] [--jobs 4]
         [--systems supervised,maestro,astra,sonar] [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
 
 Trains, on the small synthetic corpus with one model size and one step budget (gin/experiments/toy_*.gin, which
@@ -225,7 +225,9 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--workdir", default="runs/text_injection")
     parser.add_argument("--steps", type=int, default=2000, help="train steps of every speech stage")
     parser.add_argument("--sonar_text_steps", type=int, default=2000, help="train steps of SONAR stage 1")
-    parser.add_argument("--jobs", type=int, default=2, help="chains run at once (each pinned to its CPU share)")
+    parser.add_argument(
+        "--jobs", type=int, default=len(CHAINS), help="chains run at once (each pinned to its CPU share)"
+    )
     parser.add_argument("--systems", default=",".join(CHAINS), help=f"comma-separated subset of {list(CHAINS)}")
     parser.add_argument("--gin_file", action="append", default=[], help="extra gin file for every stage")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
