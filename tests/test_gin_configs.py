@@ -27,3 +27,27 @@ def test_experiment_parses_and_binds_the_essentials(name):
 def test_experiment_list_covers_every_objective():
     assert {"tiny_supervised.gin", "tiny_bestrq.gin", "tiny_maestro.gin", "tiny_astra.gin"} <= set(EXPERIMENTS)
     assert {"tiny_sonar_text.gin", "tiny_sonar_speech.gin", "maestro_librispeech.gin"} <= set(EXPERIMENTS)
+
+
+def _sonar_text_model_bindings(name: str) -> dict:
+    """Every SonarTextModel parameter as the experiment `name` resolves it (macros included)."""
+    maestro_jax.register_configurables()
+    gin.clear_config()
+    gin.add_config_file_search_path(str(REPO))
+    try:
+        gin.parse_config_file(str(REPO / "gin" / "experiments" / name))
+        from maestro_jax.models.sonar_text import SonarTextModel
+
+        return {field: getattr(SonarTextModel(), field) for field in SonarTextModel.__dataclass_fields__}
+    finally:
+        gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "stage1,stage2", [("tiny_sonar_text.gin", "tiny_sonar_speech.gin"), ("toy_sonar_text.gin", "toy_sonar_speech.gin")]
+)
+def test_sonar_stage2_teacher_has_the_stage1_model_shape(stage1, stage2):
+    """Stage 2 rebuilds the frozen teacher from its own SonarTextModel bindings; they must equal stage 1's."""
+    teacher, student = _sonar_text_model_bindings(stage1), _sonar_text_model_bindings(stage2)
+    for field in ("vocab_size", "model_dim", "embedding_dim", "num_heads", "mlp_dim", "num_encoder_layers"):
+        assert teacher[field] == student[field], (field, teacher[field], student[field])
