@@ -167,7 +167,7 @@ def start_stage(chain: list[str], cores: set[int], args, passthrough) -> tuple[s
         print(f"[{stage}] done before; skipped", flush=True)
         return subprocess.Popen(["true"]), rest, stage
     print(f"[{stage}] starting on cpus {sorted(cores)}; log {os.path.join(args.workdir, stage)}.log", flush=True)
-    log = open(os.path.join(args.workdir, f"{stage}.log"), "w")
+    log = open(os.path.join(args.workdir, f"{stage}.log"), "a")  # a rerun appends: the training log survives
     process = subprocess.Popen(
         stage_command(stage, args, passthrough),
         stdout=log,

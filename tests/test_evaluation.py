@@ -177,7 +177,7 @@ def test_cli_prints_table_and_reports_missing_checkpoint(run, tmp_path, capsys):
 
 def test_retrieval_error_of_a_sonar_model_dir_matches_numpy_nearest_neighbour(tmp_path):
     """retrieval_errors on a random-init SONAR student + teacher equals a per-utterance NumPy nearest-neighbour count
-    (manifest audio, sentencepiece tokens, unpadded embeddings)."""
+    (manifest audio, sentencepiece tokens, one utterance per call)."""
     import sentencepiece
 
     from maestro_jax.models.sonar_text import SonarTextModel
@@ -218,15 +218,24 @@ def test_retrieval_error_of_a_sonar_model_dir_matches_numpy_nearest_neighbour(tm
 
     tokenizer = sentencepiece.SentencePieceProcessor(model_file=str(corpus_dir / "spm" / "spm.model"))
     variables = {"params": state.params, **state.model_state}
+
+    # One utterance at a time (batch of 1, read from the manifest), padded to one fixed shape so it compiles once.
+    @jax.jit
+    def embed_speech(waveform, length):
+        h, n = model.apply(variables, waveform, length, train=False, method="encode_speech")
+        return model.apply(variables, h, n, method="pool")
+
+    embed_text = jax.jit(functools.partial(teacher.apply, {"params": teacher_params}, method="embed"))
     speech, text, transcripts = [], [], []
     for entry in audio_files.list_manifest(str(corpus_dir / "manifests" / "test_in_vocab.jsonl")):
         waveform = audio_files.read_audio(entry.path)
-        h, n = model.apply(variables, waveform[None], np.array([len(waveform)]), train=False, method="encode_speech")
-        speech.append(np.asarray(model.apply(variables, h, n, method="pool"))[0])
-        ids = np.array([tokenizer.encode(entry.text)], np.int32)
-        text.append(
-            np.asarray(teacher.apply({"params": teacher_params}, ids, np.array([ids.shape[1]]), method="embed"))[0]
-        )
+        padded = np.zeros([1, 6 * 16000], np.float32)
+        padded[0, : len(waveform)] = waveform
+        speech.append(np.asarray(embed_speech(padded, np.array([len(waveform)], np.int32)))[0])
+        ids = tokenizer.encode(entry.text)
+        tokens = np.zeros([1, 64], np.int32)
+        tokens[0, : len(ids)] = ids
+        text.append(np.asarray(embed_text(tokens, np.array([len(ids)], np.int32)))[0])
         transcripts.append(entry.text)
     speech, text = np.array(speech, np.float64), np.array(text, np.float64)
     cosine = (speech / np.linalg.norm(speech, axis=1, keepdims=True)) @ (text / np.linalg.norm(text, axis=1)[:, None]).T
