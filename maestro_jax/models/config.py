@@ -49,9 +49,11 @@ class ModelConfig:
     # Shared tower
     num_shared_layers: int = 4
     # RNN-T decoder
+    prediction_network: str = "lstm"  # "lstm" | "stateless" (the last prediction_context labels only)
+    prediction_context: int = 2  # labels seen by the stateless prediction network
     prediction_embed_dim: int = 144
-    prediction_layers: int = 1
-    prediction_dim: int = 320  # LSTM cells per layer
+    prediction_layers: int = 1  # LSTM layers
+    prediction_dim: int = 320  # LSTM cells per layer, or the stateless network's width
     joint_dim: int = 320
     # SONAR attention pooler
     num_pooler_layers: int = 2

@@ -1,4 +1,10 @@
-"""RNN-T decoder: LSTM prediction network, encoder/prediction projections and the joint output.
+"""RNN-T decoder: prediction network, encoder/prediction projections and the joint output.
+
+Prediction networks (ModelConfig.prediction_network):
+  "lstm"       embedding -> prediction_layers LSTMs: conditions on the whole label history.
+  "stateless"  embedding of the last `prediction_context` labels, concatenated -> Dense(prediction_dim) -> ReLU
+               (Ghodsi et al. 2020, "Rnn-transducer with stateless prediction network"). It cannot memorise whole
+               transcripts, so on small paired sets the joint leans on the encoder earlier.
 
 logits[b, t, u] = joint_output(joint_params, enc_proj[b, t] + pred_proj[b, u]) with
 joint_output(params, z) = tanh(z) @ kernel + bias (f32[..., J] -> f32[..., V]). Token 0 is blank and start symbol.
@@ -12,6 +18,7 @@ from maestro_jax.layers.common import Dense, Dtype, frame_mask, masked_fill
 from maestro_jax.models.config import ModelConfig
 
 JOINT_OUTPUT = "joint_output"
+PREDICTION_NETWORKS = ("lstm", "stateless")
 
 
 def joint_output(joint_params: dict, z: jax.Array) -> jax.Array:
@@ -72,13 +79,22 @@ class LSTMLayer(nn.Module):
 
 
 class RNNTDecoder(nn.Module):
-    """Prediction network (embedding, LSTMs, projection to J), encoder projection (D -> J), joint output (J -> V)."""
+    """Prediction network (embedding, LSTMs or a stateless context, projection to J), encoder projection (D -> J),
+    joint output (J -> V)."""
 
     config: ModelConfig
 
     def setup(self):
         cfg = self.config
         dtype = cfg.compute_dtype
+        if cfg.prediction_network not in PREDICTION_NETWORKS:
+            raise ValueError(
+                f"ModelConfig.prediction_network={cfg.prediction_network!r}; choose one of {PREDICTION_NETWORKS}."
+            )
+        if cfg.prediction_network == "stateless" and cfg.prediction_context < 1:
+            raise ValueError(
+                f"ModelConfig.prediction_context={cfg.prediction_context}; a stateless predictor needs at least 1."
+            )
         self.embedding = nn.Embed(
             cfg.vocab_size,
             cfg.prediction_embed_dim,
@@ -86,8 +102,11 @@ class RNNTDecoder(nn.Module):
             param_dtype=jnp.float32,
             embedding_init=nn.with_logical_partitioning(nn.initializers.normal(1.0), ("vocab", "embed")),
         )
-        input_dims = [cfg.prediction_embed_dim] + [cfg.prediction_dim] * (cfg.prediction_layers - 1)
-        self.lstms = [LSTMLayer(dim, cfg.prediction_dim, dtype) for dim in input_dims]
+        if cfg.prediction_network == "lstm":
+            input_dims = [cfg.prediction_embed_dim] + [cfg.prediction_dim] * (cfg.prediction_layers - 1)
+            self.lstms = [LSTMLayer(dim, cfg.prediction_dim, dtype) for dim in input_dims]
+        else:
+            self.context = Dense(cfg.prediction_dim, ("embed", "mlp"), dtype=dtype)
         self.dropout = nn.Dropout(cfg.dropout_rate)
         self.prediction_proj = Dense(cfg.joint_dim, ("embed", "mlp"), dtype=dtype)
         self.encoder_proj = Dense(cfg.joint_dim, ("embed", "mlp"), dtype=dtype)
@@ -96,11 +115,22 @@ class RNNTDecoder(nn.Module):
     def predict(self, tokens: jax.Array, token_length: jax.Array, *, train: bool) -> jax.Array:
         """tokens i32[B, U] -> pred_proj f32[B, U+1, J] for [start=0, tokens...]; 0 beyond token_length + 1."""
         inputs = jnp.pad(tokens, ((0, 0), (1, 0)))
-        x = self.embedding(inputs)
-        for lstm in self.lstms:
-            x = self.dropout(lstm(x), deterministic=not train)
+        if self.config.prediction_network == "lstm":
+            x = self.embedding(inputs)
+            for lstm in self.lstms:
+                x = self.dropout(lstm(x), deterministic=not train)
+        else:
+            width = self.config.prediction_context
+            history = jnp.pad(inputs, ((0, 0), (width - 1, 0)))  # 0 = start before the first label
+            windows = jnp.stack([history[:, k : k + inputs.shape[1]] for k in range(width)], axis=-1)
+            x = self.dropout(self._stateless(windows), deterministic=not train)
         p = self.prediction_proj(x).astype(jnp.float32)
         return masked_fill(p, frame_mask(token_length + 1, inputs.shape[1]))
+
+    def _stateless(self, windows: jax.Array) -> jax.Array:
+        """windows i32[..., C] (oldest label first) -> ReLU(Dense(concatenated embeddings)) [..., prediction_dim]."""
+        x = self.embedding(windows)
+        return nn.relu(self.context(x.reshape(*windows.shape[:-1], -1)))
 
     def project_encoder(self, h: jax.Array) -> jax.Array:
         """h f32[B, T, D] -> enc_proj f32[B, T, J]."""
@@ -111,11 +141,17 @@ class RNNTDecoder(nn.Module):
         return self.joint_output(jnp.tanh(z.astype(jnp.float32)))
 
     def initial_carry(self, batch_size: int) -> tuple:
-        """Zero LSTM state for decoding: one (cell, hidden) pair per layer."""
+        """Decoding state before the first label: one zero (cell, hidden) pair per LSTM layer, or for the stateless
+        predictor the previous prediction_context - 1 labels (all start) as i32[B, C - 1]."""
+        if self.config.prediction_network == "stateless":
+            return (jnp.zeros((batch_size, self.config.prediction_context - 1), jnp.int32),)
         return tuple(lstm.initial_carry(batch_size) for lstm in self.lstms)
 
     def step(self, carry: tuple, token: jax.Array) -> tuple[tuple, jax.Array]:
         """One prediction step on token i32[B] (0 = start/blank) -> (carry, pred_proj f32[B, J])."""
+        if self.config.prediction_network == "stateless":
+            windows = jnp.concatenate([carry[0], token[:, None].astype(jnp.int32)], axis=1)
+            return (windows[:, 1:],), self.prediction_proj(self._stateless(windows)).astype(jnp.float32)
         x = self.embedding(token)
         new_carry = []
         for lstm, layer_carry in zip(self.lstms, carry, strict=True):

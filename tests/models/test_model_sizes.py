@@ -1,5 +1,6 @@
 """Parameter counts of gin/models/{tiny,small,maestro}.gin against closed forms derived here; the maestro-params CLI."""
 
+import dataclasses
 import math
 
 import pytest
@@ -42,10 +43,11 @@ def closed_form_counts(c) -> dict[str, int]:
     d, f, h, rel = c.model_dim, c.ff_multiplier * c.model_dim, c.num_heads, c.relative_position
     conformer = _conformer_block(d, f, h, c.conv_kernel_size, rel)
     mel = c.num_mel_bins
-    for _ in range(int(math.log2(c.subsampling_factor))):
+    num_convs = int(math.log2(c.subsampling_factor))  # one 3x3 stride-2 conv per factor of 2
+    for _ in range(num_convs):
         mel = math.ceil(mel / 2)  # padding (1, 1), stride 2, kernel 3
     ch = c.subsampling_channels
-    conv_subsampling = _dense(9, ch) + _dense(9 * ch, ch) + _dense(mel * ch, d)
+    conv_subsampling = _dense(9, ch) + (num_convs - 1) * _dense(9 * ch, ch) + _dense(mel * ch, d)
     speech = conv_subsampling + c.num_speech_layers * conformer
     text_block = conformer if c.text_block == "conformer" else _transformer_block(d, f, h, rel)
     text = (
@@ -58,14 +60,12 @@ def closed_form_counts(c) -> dict[str, int]:
         _transformer_block(d, f, h, rel) + _lightconv_block(d, f, h, c.refiner_kernel_size)
     )
     p, j, v = c.prediction_dim, c.joint_dim, c.vocab_size
-    lstm_inputs = [c.prediction_embed_dim] + [p] * (c.prediction_layers - 1)
-    rnnt = (
-        v * c.prediction_embed_dim
-        + sum(i * 4 * p + p * 4 * p + 4 * p for i in lstm_inputs)
-        + _dense(p, j)
-        + _dense(d, j)
-        + _dense(j, v)
-    )
+    if c.prediction_network == "lstm":
+        lstm_inputs = [c.prediction_embed_dim] + [p] * (c.prediction_layers - 1)
+        history = sum(i * 4 * p + p * 4 * p + 4 * p for i in lstm_inputs)
+    else:
+        history = _dense(c.prediction_context * c.prediction_embed_dim, p)
+    rnnt = v * c.prediction_embed_dim + history + _dense(p, j) + _dense(d, j) + _dense(j, v)
     pooler = (
         d
         + c.num_pooler_layers * (_layer_norm(d) + _attention(d, h, False) + _feed_forward(d, f))
@@ -91,7 +91,7 @@ def closed_form_counts(c) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("name", ["tiny", "small", "maestro"])
+@pytest.mark.parametrize("name", ["tiny", "small", "maestro", "toy"])
 def test_counts_match_closed_form(name):
     config = model_config_from_gin(MODEL_GIN_DIR / f"{name}.gin")
     counts = count_parameters(config)
@@ -106,3 +106,10 @@ def test_params_cli_prints_table(capsys):
     assert "| tower | tiny |" in out
     tiny = closed_form_counts(model_config_from_gin(MODEL_GIN_DIR / "tiny.gin"))
     assert f"| total | {tiny['total']:,} |" in out
+
+
+def test_stateless_prediction_network_counts_match_closed_form():
+    config = dataclasses.replace(
+        model_config_from_gin(MODEL_GIN_DIR / "tiny.gin"), prediction_network="stateless", prediction_context=3
+    )
+    assert count_parameters(config) == closed_form_counts(config)
