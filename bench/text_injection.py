@@ -71,9 +71,7 @@ def run_stage(stage: str, workdir: str, steps: int, gin_files: list[str], bindin
     if stage == "sonar_speech":
         stage_bindings.append(f"SONAR_TEACHER_CHECKPOINT = '{os.path.join(workdir, 'sonar_text')}'")
     configure_gin([experiment_file(stage), *gin_files], stage_bindings + bindings)
-    saved = evaluation.checkpoint_steps(os.path.join(model_dir, "checkpoints"))
-    if not saved or saved[-1] < steps:
-        train.train()
+    train.train()  # resumes; returns at once when the stage already holds `steps` (or more: re-scoring)
     # Scored at exactly `steps` (kept by KEEP_CHECKPOINTS), so a run cut short can be scored at a common earlier step.
     result = {"stage": stage, "steps": steps, "train_seconds": logged_train_seconds(model_dir, steps)}
     start = time.perf_counter()

@@ -81,7 +81,8 @@ def train(
     init_hooks: tuple[Callable, ...] = (),
     mesh: Mesh | None = None,
 ) -> trainer.TrainState:
-    """Trains until `train_steps` (resuming from the latest checkpoint in model_dir/checkpoints) and returns the state.
+    """Trains until `train_steps` (resuming from the latest checkpoint in model_dir/checkpoints) and returns the state;
+    a model_dir whose latest checkpoint already reaches `train_steps` is restored and returned without training.
 
     model_dir: where checkpoints/, metrics.jsonl, tensorboard/, operative_config.gin and loss_curves.png go.
     train_steps: total optimizer steps, counted across restarts. seed: init, step rng and data shuffling.
@@ -128,6 +129,10 @@ def train(
         state, data_state, _ = checkpointer.restore(None, abstract_state)
         data.set_state(data_state)
         log.info("restored step %d from %s", int(state.step), checkpointer.directory)
+        if int(state.step) >= train_steps:  # nothing to train: skip compiling the step
+            log.info("step %d already reaches train_steps=%d; not training", int(state.step), train_steps)
+            checkpointer.close()
+            return state
     else:
         state = trainer.initialize_state(
             init_fn, rng, partitioning.global_batch(first_local_batch, mesh, rules), state_shardings, mesh, rules

@@ -63,12 +63,7 @@ def run(gin_files: list[str], bindings: list[str], export_dir: str | None = None
     print(f"corpus: {corpus_dir} ({size})", flush=True)
     seconds = {"corpus": time.perf_counter() - start}
     model_dir = gin_value("train.model_dir")
-    saved = evaluation.checkpoint_steps(os.path.join(model_dir, "checkpoints"))
-    if saved and saved[-1] >= gin_value("train.train_steps"):
-        print(f"{model_dir} already holds step {saved[-1]}; skipping training", flush=True)
-        steps = saved[-1]
-    else:
-        steps = int(train.train().step)
+    steps = int(train.train().step)  # resumes; returns at once when model_dir already holds TRAIN_STEPS
     seconds["train"] = time.perf_counter() - start - sum(seconds.values())
     results = evaluation.evaluate(model_dir=model_dir, splits=evaluation.DEFAULT_SPLITS)
     seconds["eval"] = time.perf_counter() - start - sum(seconds.values())

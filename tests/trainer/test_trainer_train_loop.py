@@ -59,6 +59,22 @@ def test_run_writes_metrics_config_plot_and_checkpoints(single_device_run):
     assert sorted(checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints")).all_steps()) == [2, 4, 5]
 
 
+def test_rerun_at_train_steps_restores_without_compiling(single_device_run, monkeypatch):
+    model_dir, reference_params, _ = single_device_run
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("a finished run compiled its train step again")
+
+    monkeypatch.setattr(trainer, "compile_ahead_of_time", no_compiling)
+    rows_before = metrics.read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
+    for steps in (STEPS, STEPS - 2):  # equal to, and short of, the saved step
+        state, _ = run(model_dir, partitioning.make_mesh(devices=jax.devices()[:1]), steps=steps)
+        assert int(state.step) == STEPS
+    for got, want in zip(jax.tree.leaves(jax.device_get(state.params)), jax.tree.leaves(reference_params)):
+        np.testing.assert_array_equal(got, want)
+    assert metrics.read_jsonl(os.path.join(model_dir, "metrics.jsonl")) == rows_before
+
+
 def test_injected_nan_is_skipped_counted_and_never_checkpointed(tmp_path):
     make_data = functools.partial(toy.ToyBatcher, nan_at_steps=(1, 2))
     mesh = partitioning.make_mesh(devices=jax.devices()[:2])
