@@ -3,8 +3,9 @@
 Prediction networks (ModelConfig.prediction_network):
   "lstm"       embedding -> prediction_layers LSTMs: conditions on the whole label history.
   "stateless"  embedding of the last `prediction_context` labels, concatenated -> Dense(prediction_dim) -> ReLU
-               (Ghodsi et al. 2020, "Rnn-transducer with stateless prediction network"). It cannot memorise whole
-               transcripts, so on small paired sets the joint leans on the encoder earlier.
+               (Ghodsi et al. 2020, "Rnn-transducer with stateless prediction network"): cheaper to run and unable
+               to memorise whole transcripts (on the toy corpus that alone did not make the encoder learn sooner:
+               BENCHMARKS.md).
 
 logits[b, t, u] = joint_output(joint_params, enc_proj[b, t] + pred_proj[b, u]) with
 joint_output(params, z) = tanh(z) @ kernel + bias (f32[..., J] -> f32[..., V]). Token 0 is blank and start symbol.
