@@ -132,6 +132,7 @@ def train(
         if int(state.step) >= train_steps:  # nothing to train: skip compiling the step
             log.info("step %d already reaches train_steps=%d; not training", int(state.step), train_steps)
             checkpointer.close()
+            _close_data(data)
             return state
     else:
         state = trainer.initialize_state(
@@ -238,9 +239,17 @@ def train(
         preemption.restore()
         bar.close()
         writer.close()
+        _close_data(data)
     if jax.process_index() == 0 and os.path.exists(writer.jsonl_path):
         metrics.plot_loss_curves(writer.jsonl_path, os.path.join(model_dir, "loss_curves.png"))
     return state
+
+
+def _close_data(data) -> None:
+    """Stops a batcher's prefetch thread (MultiStreamBatcher.close), so a caller that goes on to evaluate in the same
+    process does not keep it and its dataset readers alive."""
+    if hasattr(data, "close"):
+        data.close()
 
 
 def _save_if_finite(checkpointer, step, state, data, config_text, step_metrics, *, force):
