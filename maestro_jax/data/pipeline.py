@@ -25,7 +25,7 @@ def synthetic_corpus(
     tasks registered.
 
     corpus_dir: where the corpus lives (default corpora/synthetic_<size> under the working directory);
-    size: "tiny" | "small"; seed: the corpus seed; vocab_size: sentencepiece vocabulary size.
+    size: "tiny" | "small" | "medium"; seed: the corpus seed; vocab_size: sentencepiece vocabulary size.
     """
     corpus_dir = Path(corpus_dir or os.path.join("corpora", f"synthetic_{size}"))
     corpus_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -36,6 +36,9 @@ class MaestroSynthetic(tfds.core.GeneratorBasedBuilder):
     BUILDER_CONFIGS = [
         tfds.core.BuilderConfig(name="tiny", description="Test-sized corpus (~150 utterances)."),
         tfds.core.BuilderConfig(name="small", description="Demo corpus (~4,600 utterances, 30,000 text sentences)."),
+        tfds.core.BuilderConfig(
+            name="medium", description="Learnable corpus (~16,600 utterances, 100,000 text sentences)."
+        ),
     ]
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Run `maestro-data synth --size <config> --out DIR`; it writes DIR/raw (the manual_dir) and prepares this "
