@@ -1,19 +1,60 @@
-"""Supervised RNN-T on paired speech (optionally with an auxiliary CTC loss on the shared tower's output).
+"""Supervised RNN-T and/or CTC on paired speech (both heads read the shared tower's output).
 
-L = L_rnnt + ctc_weight * L_ctc,   both per token over the paired stream.
+L = rnnt_weight * L_rnnt + ctc_weight * L_ctc,   both per token over the paired stream.
+
+rnnt_weight = 0 trains a CTC model: the RNN-T prediction network and joint are then not run at all (their params
+exist but get no gradient), which makes the step several times cheaper; decode such a model with `ctc_greedy`.
 """
 
 import gin
+import jax
 
-from maestro_jax.objectives.common import supervised_speech_terms
+from maestro_jax.objectives.common import call, ctc_term, supervised_speech_terms
+
+
+def ctc_speech_terms(model, variables, stream, rng):
+    """Speech -> speech tower -> shared tower -> CTC on a paired stream: (per-token CTC loss, metrics)."""
+    rng_speech, rng_shared = jax.random.split(rng)
+    e_s, frame_length = call(
+        model, variables, "encode_speech", stream["waveform"], stream["waveform_length"], train=True, rng=rng_speech
+    )
+    h, _ = call(model, variables, "shared_encode", e_s, frame_length, train=True, rng=rng_shared)
+    ctc, infeasible = ctc_term(model, variables, h, frame_length, stream["tokens"], stream["token_length"])
+    valid = (frame_length > 0) & (stream["token_length"] > 0)
+    metrics = {
+        "ctc_loss": ctc,
+        "ctc_infeasible": infeasible.astype(ctc.dtype),
+        "paired_examples": valid.sum().astype(ctc.dtype),
+    }
+    return ctc, metrics
 
 
 @gin.configurable
-def supervised(model, variables, batch, rng, step, *, ctc_weight: float = 0.0, chunk_size: int = 16):
-    """(loss, metrics) on batch["paired"]. ctc_weight: weight of the auxiliary CTC term (0 turns it off);
-    chunk_size: frames per chunk of the fused joint + transducer loss."""
+def supervised(
+    model,
+    variables,
+    batch,
+    rng,
+    step,
+    *,
+    rnnt_weight: float = 1.0,
+    ctc_weight: float = 0.0,
+    chunk_size: int = 16,
+):
+    """(loss, metrics) on batch["paired"]. rnnt_weight / ctc_weight: weights of the transducer and CTC terms (0 turns
+    a term off; at least one must be positive); chunk_size: frames per chunk of the fused joint + transducer loss."""
     del step
+    if rnnt_weight <= 0 and ctc_weight <= 0:
+        raise ValueError(
+            f"supervised needs a positive supervised.rnnt_weight or supervised.ctc_weight; got {rnnt_weight} and "
+            f"{ctc_weight}."
+        )
+    if rnnt_weight <= 0:
+        ctc, metrics = ctc_speech_terms(model, variables, batch["paired"], rng)
+        loss = ctc_weight * ctc
+        return loss, {"loss": loss, **metrics}
     loss, metrics, _ = supervised_speech_terms(
-        model, variables, batch["paired"], rng, ctc_weight=ctc_weight, chunk_size=chunk_size
+        model, variables, batch["paired"], rng, ctc_weight=ctc_weight / rnnt_weight, chunk_size=chunk_size
     )
+    loss = rnnt_weight * loss
     return loss, {"loss": loss, **metrics}

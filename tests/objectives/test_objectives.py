@@ -79,6 +79,12 @@ CASES = {
         {"speech_tower", "shared_tower", "rnnt_decoder"},
         {"text_tower", "duration_model", "refiner", "ctc_head", "pooler", "bestrq_head"},
     ),
+    "supervised_ctc_only": (
+        functools.partial(supervised, rnnt_weight=0.0, ctc_weight=1.0),
+        0.7,
+        {"speech_tower", "shared_tower", "ctc_head"},
+        {"text_tower", "duration_model", "refiner", "rnnt_decoder", "pooler", "bestrq_head"},
+    ),
     "bestrq": (
         functools.partial(bestrq, mask_prob=0.08, mask_span=4),
         0.85,
@@ -113,6 +119,18 @@ def test_objective_learns_and_routes_gradients(setup, name):
         assert norms[tower] > 0, (tower, norms)
     for tower in untouched:
         assert norms[tower] == 0, (tower, norms)
+
+
+def test_supervised_weights_scale_each_term(setup):
+    model, variables, batch = setup
+    rng, step = jax.random.PRNGKey(0), jnp.int32(0)
+    both = supervised(model, variables, batch, rng, step, rnnt_weight=2.0, ctc_weight=0.5)[1]
+    ctc_only = supervised(model, variables, batch, rng, step, rnnt_weight=0.0, ctc_weight=0.5)[1]
+    np.testing.assert_allclose(both["loss"], 2.0 * both["rnnt_loss"] + 0.5 * both["ctc_loss"], rtol=1e-6)
+    np.testing.assert_allclose(ctc_only["loss"], 0.5 * both["ctc_loss"], rtol=1e-6)
+    assert "rnnt_loss" not in ctc_only
+    with pytest.raises(ValueError, match="supervised.rnnt_weight or supervised.ctc_weight"):
+        supervised(model, variables, batch, rng, step, rnnt_weight=0.0, ctc_weight=0.0)
 
 
 def test_maestro_text_only_stream_never_updates_speech_tower_or_duration_model(setup):
