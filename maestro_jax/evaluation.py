@@ -385,6 +385,44 @@ def evaluate(
     return results
 
 
+@functools.lru_cache(maxsize=8)
+def _cached_transcriber(model, decoder: str, beam_size: int) -> Callable:
+    # One jitted transcriber per (model, decoder) for the whole run, so periodic evaluation compiles once.
+    return make_transcriber(model, decoder=decoder, beam_size=beam_size)
+
+
+@gin.configurable
+def split_error_rates(
+    model,
+    variables,
+    step: int,
+    *,
+    splits: Sequence[str] = ("dev",),
+    decoders: Sequence[str] = ("rnnt_greedy",),
+    beam_size: int = 4,
+    batch_size: int = 16,
+    pad_seconds: float = 5.0,
+) -> dict[str, float]:
+    """The trainer's periodic eval hook (`train.eval_fn`): WER/CER per synthetic-corpus split and decoder.
+
+    Returns {"<split>/wer", "<split>/cer"} for the first decoder and {"<split>/<decoder>_wer", ...} for the others
+    (fractions, not percent), which the trainer logs as "eval/..." and plots beside the loss terms.
+    """
+    del step
+    tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_of_config())
+    samples_multiple = int(round(pad_seconds * SAMPLE_RATE))
+    out = {}
+    for index, decoder in enumerate(decoders):
+        transcribe = _cached_transcriber(model, decoder, beam_size)
+        for split in splits:
+            batches, total = split_batches(split, batch_size=batch_size, samples_multiple=samples_multiple)
+            rows = transcribe_batches(transcribe, variables, batches, tokenizer.decode, progress=False, total=total)
+            rates = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+            prefix = f"{split}/" if index == 0 else f"{split}/{decoder}_"
+            out[prefix + "wer"], out[prefix + "cer"] = rates["wer"], rates["cer"]
+    return out
+
+
 def retrieval_errors(
     *,
     model_dir: str,

@@ -117,25 +117,46 @@ def read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_loss_curves(jsonl_path: str, png_path: str, *, keys_prefix: str = "loss") -> None:
-    """Plots every metric whose name starts with `keys_prefix` (and eval/ metrics) against step."""
+def curve_names(rows: list[dict]) -> tuple[list[str], list[str]]:
+    """(loss terms, eval error rates) present in metrics rows: "loss" and every "*_loss" metric; every "eval/" metric
+    whose name holds "wer" or "cer"."""
+    keys = {k for row in rows for k in row}
+    losses = sorted(k for k in keys if (k == "loss" or k.endswith("_loss")) and not k.startswith("eval/"))
+    rates = sorted(k for k in keys if k.startswith("eval/") and ("wer" in k or "cer" in k))
+    return losses, rates
+
+
+def plot_loss_curves(jsonl_path: str, png_path: str) -> None:
+    """Two panels against step: every loss term (log scale when all are positive) and the periodic eval WER/CER (%)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     rows = read_jsonl(jsonl_path)
-    names = sorted({k for row in rows for k in row if k.startswith(keys_prefix) or k.startswith("eval/")})
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for name in names:
-        points = np.asarray([(row["step"], row[name]) for row in rows if name in row and np.isfinite(row[name])])
-        if len(points):
-            ax.plot(points[:, 0], points[:, 1], label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel("value")
-    ax.set_yscale("log" if all(row.get("loss", 1) > 0 for row in rows) else "linear")
-    ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
+    losses, rates = curve_names(rows)
+    fig, (loss_ax, rate_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
+
+    def draw(ax, names, scale=1.0):
+        drawn = []
+        for name in names:
+            points = [(row["step"], scale * row[name]) for row in rows if name in row and np.isfinite(row[name])]
+            if points:
+                points = np.asarray(points)
+                ax.plot(points[:, 0], points[:, 1], marker="." if len(points) < 30 else None, label=name)
+                drawn.append(points[:, 1])
+        if drawn:
+            ax.legend(fontsize="small")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        return drawn
+
+    drawn = draw(loss_ax, losses)
+    loss_ax.set_title("training loss terms")
+    if drawn and all(np.all(values > 0) for values in drawn):
+        loss_ax.set_yscale("log")
+    draw(rate_ax, rates, scale=100.0)
+    rate_ax.set_title("evaluation error rate (%)" if rates else "no evaluation logged (train.eval_fn)")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
