@@ -6,6 +6,9 @@ Rows (each at B, T, U, V, joint dim J):
   torchaudio       torchaudio.functional.rnnt_loss(reduction="none") on the same logits, torch on 2 threads
   jax joint+plain  joint network materialised, then rnnt_loss; grads to joint params, enc_proj, pred_proj
   jax fused        rnnt_loss_fused (chunked joint, never holds [B, T, U+1, V])
+  jax simple+pruned  pruned_transducer_loss: the simple loss of am = enc_proj @ W + b, lm = pred_proj @ W, its
+                   occupancies -> pruning_bounds -> the joint on S label positions per frame (--prune-range); the sum
+                   of both losses, grads to joint params, enc_proj, pred_proj (the objectives' `kind="pruned"`)
   torch joint+ta   the same joint in torch, then torchaudio's loss
 
 Memory: JAX from the compiled executable's memory_analysis() (arguments + outputs + temporaries - aliased); torch
@@ -14,6 +17,7 @@ torchaudio is optional: pass --torch-python with an interpreter that has torch+t
 torch measurement runs in a fresh process of that interpreter so peaks do not mix.
 
   .venv/bin/python bench/rnnt_loss.py --torch-python /work/benchvenv/bin/python
+  .venv/bin/python bench/rnnt_loss.py --pruned      # fused vs simple+pruned only, at V = 256, 512 (base), 1024
 """
 
 import argparse
@@ -122,11 +126,11 @@ def torch_measure(torch_python, form, shape, repeats):
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def jax_measure(form, inputs, repeats, chunk_size):
+def jax_measure(form, inputs, repeats, chunk_size, prune_range=5):
     import jax
     import jax.numpy as jnp
 
-    from maestro_jax.losses import rnnt
+    from maestro_jax.losses import pruned_rnnt, rnnt
 
     def joint_output_fn(params, z):
         return jnp.tanh(z) @ params["kernel"] + params["bias"]
@@ -147,7 +151,23 @@ def jax_measure(form, inputs, repeats, chunk_size):
     else:
 
         def objective(params, enc_proj, pred_proj, labels, logit_lengths, label_lengths):
-            if form == "fused":
+            if form == "simple+pruned":
+                am = enc_proj @ params["kernel"] + params["bias"]
+                lm = pred_proj @ params["kernel"]
+                losses = pruned_rnnt.pruned_transducer_loss(
+                    joint_output_fn,
+                    params,
+                    enc_proj,
+                    pred_proj,
+                    am,
+                    lm,
+                    labels,
+                    logit_lengths,
+                    label_lengths,
+                    prune_range=prune_range,
+                )
+                loss = losses.simple + losses.pruned
+            elif form == "fused":
                 loss = rnnt.rnnt_loss_fused(
                     joint_output_fn,
                     params,
@@ -188,6 +208,8 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=16, help="frames per chunk of rnnt_loss_fused")
     parser.add_argument("--joint-dim", type=int, default=256)
     parser.add_argument("--quick", action="store_true", help="base configuration only")
+    parser.add_argument("--pruned", action="store_true", help="fused vs simple+pruned only, over V = 256, base, 1024")
+    parser.add_argument("--prune-range", type=int, default=5, help="label positions per frame of simple+pruned")
     parser.add_argument("--base", default="8,250,60,512", help="B,T,U,V of the base configuration")
     parser.add_argument("--torch-worker", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -199,11 +221,14 @@ def main():
     batch, frames, num_labels, vocab = (int(x) for x in args.base.split(","))
     base = {"batch": batch, "frames": frames, "num_labels": num_labels, "vocab": vocab, "joint": args.joint_dim}
     shapes = [base]
-    if not args.quick:
+    if args.pruned:
+        shapes = [{**base, "vocab": v} for v in (256,)] + [base] + [{**base, "vocab": v} for v in (1024,)]
+    elif not args.quick:
         shapes += [{**base, "vocab": v} for v in (256, 1024, 4096)]
         shapes += [{**base, "frames": t} for t in (100, 500)]
     print(
         f"# jax {jax.__version__} on {jax.devices()[0].device_kind}; chunk_size={args.chunk_size}; "
+        f"prune_range={args.prune_range}; "
         f"min of {args.repeats} (sweeps: {args.sweep_repeats}) after a warm-up; memory in MiB; torch on 2 threads"
     )
     header = (
@@ -215,13 +240,20 @@ def main():
     for shape in shapes:
         repeats = args.repeats if shape is base else args.sweep_repeats
         inputs = make_inputs(**shape)
+        if args.pruned:
+            del inputs["logits"]  # only the joint forms run
         rows = {}
-        for form in ("plain", "autodiff", "joint+plain", "fused"):
+        forms = (
+            ("fused", "simple+pruned")
+            if args.pruned
+            else ("plain", "autodiff", "joint+plain", "fused", "simple+pruned")
+        )
+        for form in forms:
             if form == "autodiff" and shape["vocab"] > 1024:
                 continue  # same recursion as plain; its scatter gradient is slow and the trend is clear by then
-            rows[form] = jax_measure(form, inputs, repeats, args.chunk_size)
+            rows[form] = jax_measure(form, inputs, repeats, args.chunk_size, args.prune_range)
         del inputs
-        if args.torch_python:
+        if args.torch_python and not args.pruned:
             rows["torchaudio"] = torch_measure(args.torch_python, "plain", shape, repeats)
             rows["torch joint+torchaudio"] = torch_measure(args.torch_python, "joint", shape, repeats)
         for form, row in rows.items():
