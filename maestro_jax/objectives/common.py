@@ -12,6 +12,7 @@ from maestro_jax.losses.alignment import rnnt_viterbi_alignment
 from maestro_jax.losses.ctc import ctc_forced_alignment, ctc_loss
 from maestro_jax.losses.rnnt import rnnt_log_probs_fused, rnnt_loss_fused
 from maestro_jax.models.bestrq import span_mask
+from maestro_jax.objectives.transducer import TransducerLoss, pruned_transducer_nll
 
 
 def call(model, variables, method: str, *args, rng=None, **kwargs):
@@ -31,26 +32,51 @@ def active_from(step: jax.Array, start_step: int) -> jax.Array:
     return (step >= start_step).astype(jnp.float32)
 
 
-def transducer_nll(model, variables, h, h_length, tokens, token_length, *, rng=None, chunk_size: int = 16):
+def transducer_nll(
+    model,
+    variables,
+    h,
+    h_length,
+    tokens,
+    token_length,
+    *,
+    rng=None,
+    chunk_size: int = 16,
+    step=None,
+    loss: TransducerLoss | None = None,
+    return_parts: bool = False,
+):
     """RNN-T NLL of `tokens` given encoder output h f32[B, T, D] with the fused joint (no [B, T, U+1, V] kept).
 
     Returns (nll f32[B], valid bool[B], enc_proj f32[B, T, J], pred_proj f32[B, U+1, J]); invalid examples (no frames
-    or no tokens) have nll 0.
+    or no tokens) have nll 0. `loss` (default: `TransducerLoss()` as bound in gin) picks the full or the pruned loss;
+    for "pruned", nll is its weighted simple + pruned sum at training `step` (None = after warm-up). return_parts
+    appends the per-example parts {"simple", "pruned", "pruned_feasible"} ({} for "full").
     """
     enc_proj = call(model, variables, "rnnt_encoder_proj", h)
     pred_proj = call(model, variables, "rnnt_predict", tokens, token_length, train=rng is not None, rng=rng)
     valid = (h_length > 0) & (token_length > 0)
-    nll = rnnt_loss_fused(
-        model.joint_output_fn,
-        model.joint_params(variables["params"]),
-        enc_proj,
-        pred_proj,
-        tokens,
-        jnp.maximum(h_length, 1),
-        jnp.where(valid, token_length, 0),
-        chunk_size=chunk_size,
-    )
-    return jnp.where(valid, nll, 0.0), valid, enc_proj, pred_proj
+    loss = TransducerLoss() if loss is None else loss
+    joint_params = model.joint_params(variables["params"])
+    logit_lengths, label_lengths = jnp.maximum(h_length, 1), jnp.where(valid, token_length, 0)
+    if loss.kind == "pruned":
+        nll, parts = pruned_transducer_nll(
+            loss, model.joint_output_fn, joint_params, enc_proj, pred_proj, tokens, logit_lengths, label_lengths, step
+        )
+    else:
+        parts = {}
+        nll = rnnt_loss_fused(
+            model.joint_output_fn,
+            joint_params,
+            enc_proj,
+            pred_proj,
+            tokens,
+            logit_lengths,
+            label_lengths,
+            chunk_size=chunk_size,
+        )
+    out = (jnp.where(valid, nll, 0.0), valid, enc_proj, pred_proj)
+    return (*out, parts) if return_parts else out
 
 
 def per_token(nll: jax.Array, valid: jax.Array, token_length: jax.Array) -> jax.Array:
@@ -107,11 +133,12 @@ def ctc_term(model, variables, h, h_length, tokens, token_length):
     return per_token(loss, feasible, token_length), jnp.sum(~feasible & (token_length > 0))
 
 
-def supervised_speech_terms(model, variables, stream, rng, *, ctc_weight: float = 0.0, chunk_size: int = 16):
+def supervised_speech_terms(model, variables, stream, rng, *, ctc_weight: float = 0.0, chunk_size: int = 16, step=None):
     """Speech -> speech tower -> shared tower -> RNN-T (+ optional CTC) on a paired stream.
 
-    Returns (loss, metrics, aux) with aux holding the speech-tower output e_s, the shared output h, their length and
-    the joint projections, for objectives that add terms on top.
+    step: training step, for the pruned transducer loss's warm-up (None = after warm-up). Returns (loss, metrics, aux)
+    with aux holding the speech-tower output e_s, the shared output h, their length and the joint projections, for
+    objectives that add terms on top.
     """
     rng_speech, rng_shared, rng_pred = jax.random.split(rng, 3)
     e_s, frame_length = call(
@@ -119,12 +146,28 @@ def supervised_speech_terms(model, variables, stream, rng, *, ctc_weight: float 
     )
     h, _ = call(model, variables, "shared_encode", e_s, frame_length, train=True, rng=rng_shared)
     tokens, token_length = stream["tokens"], stream["token_length"]
-    nll, valid, enc_proj, pred_proj = transducer_nll(
-        model, variables, h, frame_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size
+    nll, valid, enc_proj, pred_proj, parts = transducer_nll(
+        model,
+        variables,
+        h,
+        frame_length,
+        tokens,
+        token_length,
+        rng=rng_pred,
+        chunk_size=chunk_size,
+        step=step,
+        return_parts=True,
     )
     rnnt = per_token(nll, valid, token_length)
     loss = rnnt
     metrics = {"rnnt_loss": rnnt, "paired_examples": jnp.sum(valid).astype(jnp.float32)}
+    if parts:  # the pruned loss: rnnt_loss above is its weighted sum
+        feasible = valid & parts["pruned_feasible"]
+        metrics.update(
+            rnnt_simple_loss=per_token(parts["simple"], valid, token_length),
+            rnnt_pruned_loss=per_token(parts["pruned"], feasible, token_length),
+            rnnt_pruned_infeasible=jnp.sum(valid & ~feasible).astype(jnp.float32),
+        )
     if ctc_weight > 0:
         ctc, infeasible = ctc_term(model, variables, h, frame_length, tokens, token_length)
         loss = loss + ctc_weight * ctc
