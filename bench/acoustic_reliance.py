@@ -31,12 +31,15 @@ def transcript_nll(model, variables, batch: dict) -> tuple[float, float]:
     """(summed RNN-T NLL of the batch's transcripts given its audio, their token count), inference mode."""
     from maestro_jax import evaluation
     from maestro_jax.objectives.common import transducer_nll
+    from maestro_jax.objectives.transducer import TransducerLoss
 
     h, h_length = evaluation.encode_for_decoding(
         model, variables, jnp.asarray(batch["waveform"]), jnp.asarray(batch["waveform_length"])
     )
     tokens, token_length = jnp.asarray(batch["tokens"]), jnp.asarray(batch["token_length"])
-    nll, valid, _, _ = transducer_nll(model, variables, h, h_length, tokens, token_length)
+    nll, valid, _, _ = transducer_nll(
+        model, variables, h, h_length, tokens, token_length, loss=TransducerLoss(kind="full")
+    )  # the model's own NLL, whatever loss it was trained with
     return float(nll.sum()), float(jnp.where(valid, token_length, 0).sum())
 
 

@@ -136,7 +136,7 @@ def astra(
     def paired_fn(stream, stream_rng):
         rng_asr, rng_cons = jax.random.split(stream_rng)
         asr_loss, asr_metrics, aux = supervised_speech_terms(
-            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size
+            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size, step=step
         )
         consistency_loss, consistency_metrics = consistency_terms(
             model,

@@ -154,7 +154,7 @@ def maestro(
     def paired_fn(stream, stream_rng):
         rng_asr, rng_mm = jax.random.split(stream_rng)
         asr_loss, asr_metrics, aux = supervised_speech_terms(
-            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size
+            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size, step=step
         )
         matching_loss, duration_loss, mm_metrics = modality_matching_terms(
             model, variables, stream, aux, rng_mm, aligner=aligner, chunk_size=chunk_size

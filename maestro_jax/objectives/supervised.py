@@ -43,7 +43,6 @@ def supervised(
 ):
     """(loss, metrics) on batch["paired"]. rnnt_weight / ctc_weight: weights of the transducer and CTC terms (0 turns
     a term off; at least one must be positive); chunk_size: frames per chunk of the fused joint + transducer loss."""
-    del step
     if rnnt_weight <= 0 and ctc_weight <= 0:
         raise ValueError(
             f"supervised needs a positive supervised.rnnt_weight or supervised.ctc_weight; got {rnnt_weight} and "
@@ -54,7 +53,7 @@ def supervised(
         loss = ctc_weight * ctc
         return loss, {"loss": loss, **metrics}
     loss, metrics, _ = supervised_speech_terms(
-        model, variables, batch["paired"], rng, ctc_weight=ctc_weight / rnnt_weight, chunk_size=chunk_size
+        model, variables, batch["paired"], rng, ctc_weight=ctc_weight / rnnt_weight, chunk_size=chunk_size, step=step
     )
     loss = rnnt_weight * loss
     return loss, {"loss": loss, **metrics}
