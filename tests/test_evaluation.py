@@ -17,7 +17,7 @@ import soundfile
 import maestro_jax
 from maestro_jax import checkpoints, evaluation, trainer
 from maestro_jax.cli import eval as eval_cli
-from maestro_jax.data import audio_files, pipeline, synthetic
+from maestro_jax.data import audio_files, pipeline, synthetic, unseen_speech
 from maestro_jax.models import make_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -163,6 +163,48 @@ def test_split_and_manifest_of_the_same_audio_score_alike(run, tmp_path):
     assert any(r["hypothesis"] for r in split_rows)
     recomputed = evaluation.error_rates([r["reference"] for r in split_rows], [r["hypothesis"] for r in split_rows])
     assert recomputed["wer"] == split["wer"]
+
+
+def test_periodic_eval_hook_scores_like_evaluate_and_compiles_once(run):
+    model_dir, _, _ = run
+    restored = evaluation.load_model_dir(model_dir)
+    expected = {
+        decoder: evaluation.evaluate(model_dir=model_dir, splits=["dev"], decoder=decoder, progress=False)["dev"]
+        for decoder in ("rnnt_greedy", "ctc_greedy")
+    }
+    evaluation._cached_transcriber.cache_clear()
+    for step in (1, 2):
+        got = evaluation.split_error_rates(
+            restored.model, restored.variables, step, splits=("dev",), decoders=("rnnt_greedy", "ctc_greedy")
+        )
+    assert got == {
+        "dev/wer": expected["rnnt_greedy"]["wer"],
+        "dev/cer": expected["rnnt_greedy"]["cer"],
+        "dev/ctc_greedy_wer": expected["ctc_greedy"]["wer"],
+        "dev/ctc_greedy_cer": expected["ctc_greedy"]["cer"],
+    }
+    assert evaluation._cached_transcriber.cache_info().misses == 2  # one jitted transcriber per decoder
+
+
+def test_unseen_voices_and_words_manifest_evaluates(run, tmp_path):
+    model_dir, _, _ = run
+    manifest = unseen_speech.write_unseen_manifest(tmp_path / "unseen")
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert len(rows) == 2 * len(unseen_speech.SENTENCES)
+    assert not {row["speaker"] for row in rows} & set(synthetic.SPEAKERS)
+    for _, rate, pitch in unseen_speech.VOICES:
+        low_rate, high_rate = synthetic.SPEAKING_RATE_WPM
+        low_pitch, high_pitch = synthetic.PITCH
+        assert not (low_rate <= rate <= high_rate and low_pitch <= pitch <= high_pitch)
+    assert len(unseen_speech.out_of_lexicon_words()) >= 10
+    formats = {
+        (info.samplerate, info.channels)
+        for info in (soundfile.info(manifest.parent / row["audio_filepath"]) for row in rows)
+    }
+    assert formats == {(22050, 2), (16000, 1)}
+    results = evaluation.evaluate(model_dir=model_dir, manifests=[str(manifest)], progress=False)
+    assert results[str(manifest)]["num_utterances"] == len(rows)
+    assert np.isfinite(results[str(manifest)]["cer"])
 
 
 def test_cli_prints_table_and_reports_missing_checkpoint(run, tmp_path, capsys):

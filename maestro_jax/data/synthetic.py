@@ -200,22 +200,28 @@ class SynthesisJob:
     wav_path: str
 
 
-def synthesize(job: SynthesisJob) -> int:
-    """Speaks `job.text`, resamples to 16 kHz and writes int16 mono `job.wav_path`. Returns the number of samples."""
-    command = ["espeak-ng", "-v", job.speaker, "-s", str(job.rate_wpm), "-p", str(job.pitch), "--stdout", job.text]
+def speak(text: str, speaker: str, rate_wpm: int, pitch: int, *, utterance_id: str = "") -> tuple[np.ndarray, int]:
+    """espeak-ng's native output for `text`: (f32[N] in [-1, 1], sample rate in Hz). Raises SynthesisError."""
+    command = ["espeak-ng", "-v", speaker, "-s", str(rate_wpm), "-p", str(pitch), "--stdout", text]
     result = subprocess.run(command, capture_output=True, check=False)
     if result.returncode != 0:
         raise SynthesisError(
-            f"espeak-ng failed for utterance {job.utterance_id} ({job.text!r}, speaker {job.speaker}): "
+            f"espeak-ng failed for utterance {utterance_id} ({text!r}, speaker {speaker}): "
             f"exit {result.returncode}: {result.stderr.decode(errors='replace').strip()}"
         )
     waveform, rate = parse_espeak_wav(result.stdout)
-    waveform = resample(waveform, rate, SAMPLE_RATE)
     if waveform.size == 0:
         raise SynthesisError(
-            f"espeak-ng produced 0 samples for utterance {job.utterance_id} ({job.text!r}, speaker {job.speaker}); "
+            f"espeak-ng produced 0 samples for utterance {utterance_id} ({text!r}, speaker {speaker}); "
             "check that the voice exists (`espeak-ng --voices=en`)"
         )
+    return waveform, rate
+
+
+def synthesize(job: SynthesisJob) -> int:
+    """Speaks `job.text`, resamples to 16 kHz and writes int16 mono `job.wav_path`. Returns the number of samples."""
+    waveform, rate = speak(job.text, job.speaker, job.rate_wpm, job.pitch, utterance_id=job.utterance_id)
+    waveform = resample(waveform, rate, SAMPLE_RATE)
     pcm = np.round(np.clip(waveform, -1.0, 32767 / 32768) * 32768).astype(np.int16)
     soundfile.write(job.wav_path, pcm, SAMPLE_RATE, subtype="PCM_16")
     return int(pcm.size)
