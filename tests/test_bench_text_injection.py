@@ -76,6 +76,7 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         "--gin.CORPUS_SIZE='tiny'",
         f"--gin.CORPUS_DIR='{corpus_dir}'",
         "--gin.CHECKPOINT_EVERY_STEPS=2",
+        "--gin.train.eval_fn=None",  # the periodic dev-WER hook is tested in test_evaluation.py
     ]
     assert text_injection.main(argv) == 0, [
         open(tmp_path / f).read()[-3000:] for f in os.listdir(tmp_path) if ".log" in f
