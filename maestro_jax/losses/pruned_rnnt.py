@@ -17,8 +17,11 @@ The band for S = 3, U = 5 (x: node kept; blank arcs go down, label arcs right):
     t = 2   .  x  x  x  .  .     s_2 = 1   (s_{t+1} - s_t <= S - 1 keeps the band connected by blank arcs)
     t = 3   .  .  .  x  x  x     s_3 = 3 = U + 1 - S on the last frame, so the terminal node (T-1, U) is kept
 
-`pruning_bounds` follows k2's `get_rnnt_prune_ranges` and `_adjust_pruning_lower_bound` (k2/python/k2/rnnt_loss.py),
-except that S is clipped to U+1 rather than U, so that S >= U+1 keeps the whole lattice. A band can only reach the
+`pruning_bounds` follows the structure of k2's `get_rnnt_prune_ranges` and `_adjust_pruning_lower_bound`
+(k2/python/k2/rnnt_loss.py; S >= U+1 keeps the whole lattice) with its own window score: each frame takes the window
+of S label positions holding the most node occupancy (blank + label arc posteriors), where k2 scores a window by its
+blank-arc occupancy minus that of the label arc entering it. Both are heuristics; the monotonicity, connectivity and
+terminal-node constraints (which make the band a valid lattice) are k2's. A band can only reach the
 terminal node when U_b <= (S - 1) * T_b (at most S - 1 labels per frame); `pruned_transducer_loss` reports the
 examples that fail this instead of returning their ~1e30 NLL.
 """

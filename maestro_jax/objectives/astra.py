@@ -87,7 +87,9 @@ def consistency_terms(model, variables, stream, aux, rng, *, consistency: str, a
     return loss, {"consistency_loss": loss}
 
 
-def token_rate_text_terms(model, variables, stream, rng, *, mask_prob: float, mask_span: int, chunk_size: int):
+def token_rate_text_terms(
+    model, variables, stream, rng, *, mask_prob: float, mask_span: int, chunk_size: int, step=None
+):
     """(L_text, metrics): unspoken text -> text tower (token rate) -> span mask -> shared tower -> RNN-T."""
     rng_text, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 4)
     tokens, token_length = stream["tokens"], stream["token_length"]
@@ -96,7 +98,7 @@ def token_rate_text_terms(model, variables, stream, rng, *, mask_prob: float, ma
     e_t = jnp.where(masked[..., None], 0.0, e_t)
     h, _ = call(model, variables, "shared_encode", e_t, token_length, train=True, rng=rng_shared)
     nll, valid, _, _ = transducer_nll(
-        model, variables, h, token_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size
+        model, variables, h, token_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size, step=step
     )
     loss = per_token(nll, valid, token_length)
     return loss, {"text_rnnt_loss": loss}
@@ -160,6 +162,7 @@ def astra(
             mask_prob=text_mask_prob,
             mask_span=text_mask_span,
             chunk_size=chunk_size,
+            step=step,
         )
         return text_weight * text_loss, text_metrics
 

@@ -82,7 +82,7 @@ def modality_matching_terms(model, variables, stream, aux, rng, *, aligner: str,
 
 
 def text_injection_terms(
-    model, variables, stream, rng, *, max_frames: int, mask_prob: float, mask_span: int, chunk_size: int
+    model, variables, stream, rng, *, max_frames: int, mask_prob: float, mask_span: int, chunk_size: int, step=None
 ):
     """(L_text, metrics): unspoken text -> predicted durations -> resample -> refine -> mask -> shared -> RNN-T."""
     rng_text, rng_refine, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 5)
@@ -106,7 +106,7 @@ def text_injection_terms(
     upsampled = jnp.where(masked[..., None], 0.0, upsampled)
     h, _ = call(model, variables, "shared_encode", upsampled, frame_length, train=True, rng=rng_shared)
     nll, valid, _, _ = transducer_nll(
-        model, variables, h, frame_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size
+        model, variables, h, frame_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size, step=step
     )
     loss = per_token(nll, valid, token_length)
     truncated = jnp.sum(jnp.where(valid, jnp.sum(durations, axis=1) > max_frames, False))
@@ -174,6 +174,7 @@ def maestro(
             mask_prob=text_mask_prob,
             mask_span=text_mask_span,
             chunk_size=chunk_size,
+            step=step,
         )
         return text_weight * text_loss, text_metrics
 
