@@ -195,7 +195,7 @@ def test_unseen_voices_and_words_manifest_evaluates(run, tmp_path):
     for _, rate, pitch in unseen_speech.VOICES:
         low_rate, high_rate = synthetic.SPEAKING_RATE_WPM
         low_pitch, high_pitch = synthetic.PITCH
-        assert not (low_rate <= rate <= high_rate and low_pitch <= pitch <= high_pitch)
+        assert not low_rate <= rate <= high_rate and not low_pitch <= pitch <= high_pitch
     assert len(unseen_speech.out_of_lexicon_words()) >= 10
     formats = {
         (info.samplerate, info.channels)

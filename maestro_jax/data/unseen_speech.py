@@ -33,7 +33,7 @@ VOICES = (
     ("en-gb-x-rp+klatt", 135, 80),
     ("en-gb-scotland+m8", 210, 25),
     ("en-us-nyc+klatt2", 140, 75),
-    ("en+whisper", 200, 50),
+    ("en+whisper", 200, 90),
     ("en-gb-x-gbclan+m7", 130, 85),
 )
 STEREO_GAINS = (0.9, 0.6)
@@ -62,9 +62,10 @@ def write_unseen_manifest(out_dir: Path) -> Path:
     for index, (text, (speaker, rate, pitch)) in enumerate(zip(SENTENCES, VOICES, strict=True)):
         name = f"unseen-{index:02d}-{re.sub(r'[^a-z0-9]+', '_', speaker)}"
         native, native_rate = synthetic.speak(text, speaker, rate, pitch)
+        native = np.clip(native, -1.0, 32767 / 32768)  # PCM_16 wraps values outside [-1, 1)
         stereo = np.stack([gain * native for gain in STEREO_GAINS], axis=1)
         soundfile.write(out_dir / f"{name}_22k_stereo.wav", stereo, native_rate, subtype="PCM_16")
-        mono16 = audio_files.resample(native, native_rate, audio_files.TARGET_SAMPLE_RATE)
+        mono16 = np.clip(audio_files.resample(native, native_rate, audio_files.TARGET_SAMPLE_RATE), -1.0, 32767 / 32768)
         soundfile.write(out_dir / f"{name}_16k.wav", mono16, audio_files.TARGET_SAMPLE_RATE, subtype="PCM_16")
         for suffix in ("22k_stereo", "16k"):
             rows.append({"audio_filepath": f"{name}_{suffix}.wav", "text": text, "speaker": speaker})
