@@ -1,9 +1,9 @@
 """The toy paper table: does text injection help words never heard in paired speech? And does SONAR retrieve?
 
-    .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--steps 2000] [--jobs 4]
+    .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--steps 2500] [--jobs 4]
         [--systems supervised,maestro,astra,sonar] [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
 
-Trains, on the small synthetic corpus with one model size and one step budget (gin/experiments/toy_*.gin, which
+Trains, on the medium synthetic corpus with one model size and one step budget (gin/experiments/toy_*.gin, which
 share gin/runs/toy_table.gin): paired-only supervised RNN-T, MAESTRO and ASTRA (both adding the unspoken-text and
 untranscribed-speech streams), then scores WER/CER on test_in_vocab and test_text_only_vocab (every utterance of the
 latter holds words that occur only in text_train) plus the recall of those text-only words. SONAR trains stage 1
@@ -221,7 +221,7 @@ def format_table(results: dict[str, dict]) -> str:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/text_injection")
-    parser.add_argument("--steps", type=int, default=2000, help="train steps of every speech stage")
+    parser.add_argument("--steps", type=int, default=2500, help="train steps of every speech stage")
     parser.add_argument("--sonar_text_steps", type=int, default=2000, help="train steps of SONAR stage 1")
     parser.add_argument(
         "--jobs", type=int, default=len(CHAINS), help="chains run at once (each pinned to its CPU share)"

@@ -77,6 +77,7 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         f"--gin.CORPUS_DIR='{corpus_dir}'",
         "--gin.CHECKPOINT_EVERY_STEPS=2",
         "--gin.train.eval_fn=None",  # the periodic dev-WER hook is tested in test_evaluation.py
+        "--gin.WARMUP_STEPS=1",  # toy_table.gin's cosine decay needs total steps (2) > warm-up steps
     ]
     assert text_injection.main(argv) == 0, [
         open(tmp_path / f).read()[-3000:] for f in os.listdir(tmp_path) if ".log" in f
