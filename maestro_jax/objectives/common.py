@@ -133,6 +133,15 @@ def ctc_term(model, variables, h, h_length, tokens, token_length):
     return per_token(loss, feasible, token_length), jnp.sum(~feasible & (token_length > 0))
 
 
+def encode_paired_speech(model, variables, stream, rng_speech, rng_shared):
+    """A stream's waveforms -> speech tower -> shared tower in training mode: (e_s, h f32[B, T, D], frame_length)."""
+    e_s, frame_length = call(
+        model, variables, "encode_speech", stream["waveform"], stream["waveform_length"], train=True, rng=rng_speech
+    )
+    h, _ = call(model, variables, "shared_encode", e_s, frame_length, train=True, rng=rng_shared)
+    return e_s, h, frame_length
+
+
 def supervised_speech_terms(model, variables, stream, rng, *, ctc_weight: float = 0.0, chunk_size: int = 16, step=None):
     """Speech -> speech tower -> shared tower -> RNN-T (+ optional CTC) on a paired stream.
 
@@ -141,10 +150,7 @@ def supervised_speech_terms(model, variables, stream, rng, *, ctc_weight: float 
     objectives that add terms on top.
     """
     rng_speech, rng_shared, rng_pred = jax.random.split(rng, 3)
-    e_s, frame_length = call(
-        model, variables, "encode_speech", stream["waveform"], stream["waveform_length"], train=True, rng=rng_speech
-    )
-    h, _ = call(model, variables, "shared_encode", e_s, frame_length, train=True, rng=rng_shared)
+    e_s, h, frame_length = encode_paired_speech(model, variables, stream, rng_speech, rng_shared)
     tokens, token_length = stream["tokens"], stream["token_length"]
     nll, valid, enc_proj, pred_proj, parts = transducer_nll(
         model,

@@ -9,16 +9,12 @@ exist but get no gradient), which makes the step several times cheaper; decode s
 import gin
 import jax
 
-from maestro_jax.objectives.common import call, ctc_term, supervised_speech_terms
+from maestro_jax.objectives.common import ctc_term, encode_paired_speech, supervised_speech_terms
 
 
 def ctc_speech_terms(model, variables, stream, rng):
     """Speech -> speech tower -> shared tower -> CTC on a paired stream: (per-token CTC loss, metrics)."""
-    rng_speech, rng_shared = jax.random.split(rng)
-    e_s, frame_length = call(
-        model, variables, "encode_speech", stream["waveform"], stream["waveform_length"], train=True, rng=rng_speech
-    )
-    h, _ = call(model, variables, "shared_encode", e_s, frame_length, train=True, rng=rng_shared)
+    _, h, frame_length = encode_paired_speech(model, variables, stream, *jax.random.split(rng))
     ctc, infeasible = ctc_term(model, variables, h, frame_length, stream["tokens"], stream["token_length"])
     valid = (frame_length > 0) & (stream["token_length"] > 0)
     metrics = {
