@@ -148,9 +148,28 @@ def train(
         learning_rate_schedule=learning_rate_schedule,
     )
     jitted = trainer.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
-    compiled, compile_figures = trainer.compile_ahead_of_time(jitted, abstract_state, abstract_batch, mesh, rules)
     peak_flops, peak_source = metrics.peak_flops_per_device(mesh.devices.flat[0])
-    log.info("train step compiled: %s; peak %.3g FLOP/s per device (%s)", compile_figures, peak_flops, peak_source)
+    # One executable per batch shape: a batcher with length buckets feeds a few shapes, each compiled on first sight.
+    executables: dict[tuple, tuple[Callable, dict]] = {}
+
+    def executable_for(local_batch) -> tuple[Callable, dict]:
+        key = tuple(
+            (jax.tree_util.keystr(path), x.shape) for path, x in jax.tree_util.tree_leaves_with_path(local_batch)
+        )
+        if key not in executables:
+            abstract = partitioning.abstract_global_batch(local_batch, mesh, rules)
+            executables[key] = trainer.compile_ahead_of_time(jitted, abstract_state, abstract, mesh, rules)
+            shapes = {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(abstract)}
+            log.info(
+                "train step compiled for %s: %s; peak %.3g FLOP/s per device (%s)",
+                shapes,
+                executables[key][1],
+                peak_flops,
+                peak_source,
+            )
+        return executables[key]
+
+    executable_for(first_local_batch)
 
     writer = metrics.MetricsWriter(model_dir, tensorboard=tensorboard)
     preemption = _PreemptionFlag()
@@ -158,6 +177,7 @@ def train(
     bar = metrics.ProgressBar(initial=step, total=train_steps, enabled=progress_bar)
     config_text = None
     window: list[dict] = []
+    window_flops: list[float] = []  # XLA's FLOP count of each step's executable since the last log line
     last_logged = {"time": time.perf_counter(), "step": step}
     last_metrics: dict = {}
 
@@ -184,12 +204,13 @@ def train(
                 consecutive_skipped=host["consecutive_skipped"],
                 steps_per_second=steps_per_second,
             )
-            if "flops_per_step" in compile_figures:
+            if window_flops:
                 summary["mfu"] = metrics.model_flops_utilization(
-                    compile_figures["flops_per_step"], steps_per_second, peak_flops
+                    float(np.mean(window_flops)), steps_per_second, peak_flops
                 )
             writer.write(done_step, summary)
             window.clear()
+            window_flops.clear()
 
     def run_eval(done_step: int) -> dict:
         with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
@@ -208,6 +229,9 @@ def train(
                     f"the data from train.make_data ran out after {step} of {train_steps} steps; make it repeat "
                     "(e.g. more epochs) or lower train.train_steps."
                 ) from None
+            compiled, compile_figures = executable_for(local_batch)
+            if "flops_per_step" in compile_figures:
+                window_flops.append(compile_figures["flops_per_step"])
             batch = partitioning.global_batch(local_batch, mesh, rules)
             state, step_metrics = compiled(state, batch)
             step += 1

@@ -46,11 +46,14 @@ def make_learning_rate_schedule(
     decay: str = "inverse_sqrt",
     total_steps: int | None = None,
     final_learning_rate_fraction: float = 0.0,
+    decay_fraction: float = 0.2,
 ) -> optax.Schedule:
     """Linear warmup from 0 to `peak_learning_rate` over `warmup_steps` (optimizer updates), then a decay.
 
     decay: "inverse_sqrt" (peak * sqrt(warmup / step)), "cosine" (to final_learning_rate_fraction * peak at
-    total_steps) or "constant".
+    total_steps), "constant", or "wsd" (warmup-stable-decay: the peak until the last `decay_fraction` of
+    total_steps, then linear to final_learning_rate_fraction * peak at total_steps; a short run keeps a high rate
+    for longer than under cosine).
     """
     warmup_steps = max(int(warmup_steps), 1)
     if decay == "inverse_sqrt":
@@ -61,19 +64,26 @@ def make_learning_rate_schedule(
 
         return schedule
     warmup = optax.linear_schedule(0.0, peak_learning_rate, warmup_steps)
+    if decay in ("cosine", "wsd") and (total_steps is None or total_steps <= warmup_steps):
+        raise ValueError(
+            f"{decay} decay needs make_learning_rate_schedule.total_steps > warmup_steps ({warmup_steps}); "
+            f"got {total_steps}."
+        )
     if decay == "cosine":
-        if total_steps is None or total_steps <= warmup_steps:
-            raise ValueError(
-                f"cosine decay needs make_learning_rate_schedule.total_steps > warmup_steps ({warmup_steps}); "
-                f"got {total_steps}."
-            )
         after = optax.cosine_decay_schedule(
             peak_learning_rate, total_steps - warmup_steps, final_learning_rate_fraction
         )
+    elif decay == "wsd":
+        if not 0.0 < decay_fraction <= 1.0:
+            raise ValueError(f"make_learning_rate_schedule.decay_fraction={decay_fraction}; it must lie in (0, 1].")
+        decay_steps = min(max(int(round(decay_fraction * total_steps)), 1), total_steps - warmup_steps)
+        stable = optax.constant_schedule(peak_learning_rate)
+        tail = optax.linear_schedule(peak_learning_rate, final_learning_rate_fraction * peak_learning_rate, decay_steps)
+        after = optax.join_schedules([stable, tail], [total_steps - warmup_steps - decay_steps])
     elif decay == "constant":
         after = optax.constant_schedule(peak_learning_rate)
     else:
-        raise ValueError(f"make_learning_rate_schedule.decay={decay!r}; choose inverse_sqrt, cosine or constant.")
+        raise ValueError(f"make_learning_rate_schedule.decay={decay!r}; choose inverse_sqrt, cosine, wsd or constant.")
     return optax.join_schedules([warmup, after], [warmup_steps])
 
 

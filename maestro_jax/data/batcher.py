@@ -38,6 +38,9 @@ class StreamSpec:
       bucket_boundaries: optional increasing padded lengths (samples for streams with audio, else tokens) below the
         maximum; each batch is padded to the smallest boundary that holds its longest example, so the step sees at
         most len(bucket_boundaries) + 1 shapes. Example order is not changed by bucketing.
+      length_group_batches: with K > 1, examples are read K batches at a time, sorted by length (samples for streams
+        with audio, else tokens) and cut into K batches of similar lengths, returned in a seeded random order; with
+        bucket_boundaries this cuts the padding of each batch (icefall's bucketing sampler does the same).
     """
 
     task: str
@@ -46,10 +49,15 @@ class StreamSpec:
     max_tokens: int | None = None
     split: str | None = None
     bucket_boundaries: tuple[int, ...] = ()
+    length_group_batches: int = 1
 
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"StreamSpec for '{self.task}' has batch_size={self.batch_size}; it must be >= 1")
+        if self.length_group_batches < 1:
+            raise ValueError(
+                f"StreamSpec for '{self.task}' has length_group_batches={self.length_group_batches}; it must be >= 1"
+            )
         if self.max_samples is None and self.max_tokens is None:
             raise ValueError(f"StreamSpec for '{self.task}' sets neither max_samples nor max_tokens; set at least one")
         limit = self.max_samples if self.max_samples is not None else self.max_tokens
@@ -171,6 +179,9 @@ class _StreamReader:
             for task in self._task_names
         }
         self.draws = 0
+        self._group: list[list[dict]] = []  # the length group being returned (length_group_batches > 1)
+        self._group_start: dict = {}
+        self._group_returned = 0
 
     def _choose_task(self) -> str:
         if len(self._task_names) == 1:
@@ -213,9 +224,33 @@ class _StreamReader:
             f"max_tokens={spec.max_tokens} and the tokenizer against the data"
         )
 
+    def _example_length(self, example: dict) -> int:
+        return example["waveform"].shape[0] if self.spec.needs_audio else example["tokens"].shape[0]
+
+    def _read_length_group(self, stats: preprocessors.FilterStats) -> list[list[dict]]:
+        """K batches of examples read in order, sorted by length, cut into batches, shuffled by a seeded draw."""
+        spec = self.spec
+        self._group_start = self._reader_state()
+        examples = [self._next_valid_example(stats) for _ in range(spec.batch_size * spec.length_group_batches)]
+        examples.sort(key=self._example_length)  # stable: equal lengths keep their read order
+        batches = [examples[i : i + spec.batch_size] for i in range(0, len(examples), spec.batch_size)]
+        order_key = _derived_seed(self._seed, self.name, "length_groups", self._group_start["draws"])
+        order = np.random.Generator(np.random.Philox(key=order_key)).permutation(len(batches))
+        return [batches[i] for i in order]
+
+    def _next_examples(self, stats: preprocessors.FilterStats) -> list[dict]:
+        if self.spec.length_group_batches == 1:
+            return [self._next_valid_example(stats) for _ in range(self.spec.batch_size)]
+        if not self._group:
+            self._group, self._group_returned = self._read_length_group(stats), 0
+        self._group_returned += 1
+        return self._group[self._group_returned - 1]
+
     def next_batch(self, stats: preprocessors.FilterStats) -> dict[str, np.ndarray]:
         spec = self.spec
-        examples = [self._next_valid_example(stats) for _ in range(spec.batch_size)]
+        examples = self._next_examples(stats)
+        if self._group and self._group_returned == len(self._group):
+            self._group = []
         max_samples, max_tokens = spec.max_samples, spec.max_tokens
         if spec.bucket_boundaries and spec.needs_audio:
             longest = max(e["waveform"].shape[0] for e in examples)
@@ -225,8 +260,15 @@ class _StreamReader:
             max_tokens = _bucket_length(longest, spec.bucket_boundaries, spec.max_tokens)
         return pad_examples(examples, spec.batch_size, max_samples=max_samples, max_tokens=max_tokens)
 
-    def get_state(self) -> dict:
+    def _reader_state(self) -> dict:
         return {"draws": self.draws, "tasks": {task: reader.get_state() for task, reader in self._readers.items()}}
+
+    def get_state(self) -> dict:
+        """Where the readers are; inside a length group, where they were at its start and how many batches of it
+        were returned (restoring re-reads the group and skips those)."""
+        if self._group:
+            return {**self._group_start, "group_returned": self._group_returned}
+        return self._reader_state()
 
     def set_state(self, state: Mapping) -> None:
         if sorted(state["tasks"]) != self._task_names:
@@ -237,6 +279,12 @@ class _StreamReader:
         self.draws = int(state["draws"])
         for task, reader in self._readers.items():
             reader.set_state(state["tasks"][task])
+        self._group, self._group_returned = [], 0
+        returned = int(state.get("group_returned", 0))
+        if returned:
+            # The saved filter counts already include this group's drops: count the re-read into a scratch object.
+            self._group = self._read_length_group(preprocessors.FilterStats())
+            self._group_returned = returned
 
 
 class MultiStreamBatcher:

@@ -48,18 +48,35 @@ def make_stream_batcher(
     max_tokens: int,
     prefetch: int,
     strict: bool,
+    bucket_seconds: tuple[float, ...] = (),
+    length_group_batches: int = 1,
 ) -> MultiStreamBatcher:
-    """A MultiStreamBatcher feeding stream name ("paired" | "speech" | "text") from a seqio task or mixture each."""
+    """A MultiStreamBatcher feeding stream name ("paired" | "speech" | "text") from a seqio task or mixture each.
+
+    bucket_seconds: padded audio lengths below max_seconds for the streams with audio; each batch is padded to the
+    shortest that holds its longest utterance (one compiled step per length). Single-process only: every host of a
+    multi-host job must feed the same global shape, and hosts bucket independently.
+    length_group_batches: K > 1 sorts each K batches' worth of examples of an audio stream by length before cutting
+    them into batches, so that the buckets hold similar lengths (see `StreamSpec`).
+    """
     unknown = set(stream_tasks) - set(STREAM_SPLITS)
     if unknown:
         raise ValueError(f"unknown streams {sorted(unknown)}; the streams are {sorted(STREAM_SPLITS)}")
+    if bucket_seconds and num_shards > 1:
+        raise ValueError(
+            f"bucket_seconds={tuple(bucket_seconds)} with {num_shards} input shards: hosts would pad to different "
+            "lengths and the global batch needs one shape; set bucket_seconds=() for multi-host jobs"
+        )
     max_samples = int(max_seconds * SAMPLE_RATE)
+    bucket_samples = tuple(int(seconds * SAMPLE_RATE) for seconds in bucket_seconds)
     specs = {
         name: StreamSpec(
             task=task,
             batch_size=batch_sizes[name],
             max_samples=max_samples if name != "text" else None,
             max_tokens=max_tokens if name != "speech" else None,
+            bucket_boundaries=bucket_samples if name != "text" else (),
+            length_group_batches=length_group_batches if name != "text" else 1,
         )
         for name, task in stream_tasks.items()
     }
@@ -80,6 +97,8 @@ def synthetic_streams(
     text_batch_size: int = 16,
     max_seconds: float = 6.0,
     max_tokens: int = 64,
+    bucket_seconds: tuple[float, ...] = (),
+    length_group_batches: int = 1,
     prefetch: int = 2,
     strict: bool = False,
 ) -> MultiStreamBatcher:
@@ -87,6 +106,8 @@ def synthetic_streams(
 
     streams: which of "paired", "speech", "text" to feed. *_batch_size: per-host examples per step of each stream.
     max_seconds: padded audio length (longer utterances are dropped and counted); max_tokens: padded token length.
+    bucket_seconds: shorter padded audio lengths a batch may use; length_group_batches: how many batches of audio are
+    sorted by length together before batching (both: see `make_stream_batcher`).
     prefetch: batches prepared ahead by a background thread. strict: stop on the first bad example.
     """
     _, size = synthetic_corpus()
@@ -98,6 +119,8 @@ def synthetic_streams(
         batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
         max_seconds=max_seconds,
         max_tokens=max_tokens,
+        bucket_seconds=tuple(bucket_seconds),
+        length_group_batches=length_group_batches,
         prefetch=prefetch,
         strict=strict,
     )
@@ -119,6 +142,8 @@ def librispeech_streams(
     text_batch_size: int = 16,
     max_seconds: float = 16.0,
     max_tokens: int = 128,
+    bucket_seconds: tuple[float, ...] = (),
+    length_group_batches: int = 1,
     prefetch: int = 2,
     strict: bool = False,
 ) -> MultiStreamBatcher:
@@ -145,6 +170,8 @@ def librispeech_streams(
         batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
         max_seconds=max_seconds,
         max_tokens=max_tokens,
+        bucket_seconds=tuple(bucket_seconds),
+        length_group_batches=length_group_batches,
         prefetch=prefetch,
         strict=strict,
     )

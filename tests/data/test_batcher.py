@@ -1,5 +1,6 @@
 """MultiStreamBatcher: CONTRACTS batch format, epochs, determinism, sharding, resumption, buckets; eval_batches."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -225,3 +226,38 @@ def test_prefetching_batcher_gives_the_same_batches_and_states(uninterrupted):
     with batcher.MultiStreamBatcher(SPECS, seed=7, prefetch=2) as resumed:
         resumed.set_state(states[5])
         assert_batches_equal(next(resumed), batches[5])
+
+
+GROUPED = batcher.StreamSpec(
+    "bt_paired", batch_size=2, max_samples=4000, max_tokens=32, bucket_boundaries=(1500, 2000), length_group_batches=3
+)
+
+
+def test_length_groups_sort_each_group_into_batches_and_resume_exactly(corpus):
+    steps = 9
+    run = batcher.MultiStreamBatcher({"paired": GROUPED}, seed=5)
+    states, batches = [], []
+    for _ in range(steps):
+        states.append(json.loads(json.dumps(run.get_state())))
+        batches.append(next(run))
+    ungrouped = dataclasses.replace(GROUPED, length_group_batches=1, bucket_boundaries=())
+    plain = batcher.MultiStreamBatcher({"paired": ungrouped}, seed=5)
+    read_order = np.concatenate([next(plain)["paired"]["waveform_length"] for _ in range(steps)])
+    shuffled = False
+    for group in range(steps // 3):
+        lengths = [batches[3 * group + i]["paired"]["waveform_length"] for i in range(3)]
+        # The same six examples as three ungrouped batches, cut from their sorted order, in a shuffled order.
+        assert sorted(np.concatenate(lengths).tolist()) == sorted(read_order[6 * group : 6 * group + 6].tolist())
+        assert all(row.tolist() == sorted(row.tolist()) for row in lengths)
+        spans = sorted((row.min(), row.max()) for row in lengths)
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+        shuffled |= [row.max() for row in lengths] != sorted(row.max() for row in lengths)
+        for row, batch in zip(lengths, batches[3 * group : 3 * group + 3]):
+            assert batch["paired"]["waveform"].shape[1] == next((b for b in (1500, 2000) if row.max() <= b), 4000)
+    assert shuffled
+    for step in (1, 2, 3, 4, 8):  # inside a group, at its end and at the start of the next
+        resumed = batcher.MultiStreamBatcher({"paired": GROUPED}, seed=5)
+        resumed.set_state(states[step])
+        assert_batches_equal(next(resumed), batches[step])
+        if step + 1 < steps:
+            assert resumed.get_state() == states[step + 1]

@@ -1,6 +1,7 @@
 """The gin data entry points: synthetic streams and LibriSpeech streams (mock TFDS data) give contract batches."""
 
 import numpy as np
+import pytest
 import tensorflow_datasets as tfds
 
 from maestro_jax.data import pipeline, synthetic
@@ -35,6 +36,34 @@ def test_synthetic_streams_follow_the_contract():
     check_contract({"paired": batch["paired"]}, ["paired"], 2)
     check_contract({"speech": batch["speech"]}, ["speech"], 3)
     check_contract({"text": batch["text"]}, ["text"], 4)
+
+
+def test_synthetic_streams_bucket_audio_and_refuse_buckets_across_hosts():
+    corpus_dir = synthetic.cached_corpus("tiny")
+    import gin
+
+    with gin.unlock_config():
+        gin.bind_parameter("synthetic_corpus.corpus_dir", str(corpus_dir))
+    try:
+        buckets = (1.0, 2.0, 3.0)
+        allowed = {int(seconds * 16000) for seconds in buckets} | {int(6.0 * 16000)}
+        widths = set()
+        with pipeline.synthetic_streams(
+            0, 1, 0, streams=("paired", "text"), paired_batch_size=2, text_batch_size=4, bucket_seconds=buckets
+        ) as data:
+            for _ in range(12):
+                batch = next(data)
+                paired = batch["paired"]
+                width = paired["waveform"].shape[1]
+                # The smallest allowed length that holds the longest utterance of the batch.
+                assert width == min(w for w in allowed if w >= paired["waveform_length"].max())
+                assert batch["text"]["tokens"].shape[1] == 64  # text is never bucketed
+                widths.add(width)
+        assert len(widths) > 1
+        with pytest.raises(ValueError, match="bucket_seconds"):
+            pipeline.synthetic_streams(0, 2, 0, streams=("paired",), bucket_seconds=buckets)
+    finally:
+        gin.clear_config()
 
 
 def test_librispeech_streams_on_mock_data():
