@@ -9,10 +9,10 @@ from pathlib import Path
 
 import gin
 
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.data import synthetic, tasks, tokenizer
-from maestro_jax.data.batcher import MultiStreamBatcher, StreamSpec, eval_batches
+from maestro_jax.data.batcher import MultiStreamBatcher, StreamSpec
 
-SAMPLE_RATE = 16000
 # Which corpus split feeds each training stream.
 STREAM_SPLITS = {"paired": "paired_train", "speech": "speech_train", "text": "text_train"}
 
@@ -53,7 +53,7 @@ def make_stream_batcher(
     unknown = set(stream_tasks) - set(STREAM_SPLITS)
     if unknown:
         raise ValueError(f"unknown streams {sorted(unknown)}; the streams are {sorted(STREAM_SPLITS)}")
-    max_samples = int(max_seconds * SAMPLE_RATE)
+    max_samples = int(max_seconds * SAMPLE_RATE_HZ)
     specs = {
         name: StreamSpec(
             task=task,
@@ -147,16 +147,4 @@ def librispeech_streams(
         max_tokens=max_tokens,
         prefetch=prefetch,
         strict=strict,
-    )
-
-
-def synthetic_eval_batches(split: str, *, batch_size: int = 16, shard_index: int = 0, num_shards: int = 1):
-    """One ordered pass over an evaluation split of the synthetic corpus (see `eval_batches`)."""
-    _, size = synthetic_corpus()
-    return eval_batches(
-        tasks.synthetic_task_name(size, split),
-        batch_size=batch_size,
-        needs_text=True,
-        shard_index=shard_index,
-        num_shards=num_shards,
     )
