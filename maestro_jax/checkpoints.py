@@ -80,14 +80,14 @@ def restore_pytree(
         tree = {key: tree.get(key) or {} for key in keys}
     if sharding is None:
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-        return checkpointer.restore(
-            path, args=ocp.args.PyTreeRestore(restore_args=restore_args, partial_restore=keys is not None)
-        )
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), tree)
+    else:
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), tree)
+    if keys is None:
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    # A partial restore needs the wanted subtree as `item`.
     abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), tree)
     return checkpointer.restore(
-        path,
-        args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=keys is not None),
+        path, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
     )
 
 
