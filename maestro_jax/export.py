@@ -33,7 +33,6 @@ from maestro_jax import checkpoints
 from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 
 DEFAULT_BUCKET_SECONDS = (5.0, 10.0, 20.0, 30.0)
-FUNCTIONS = ("transcribe", "embed")
 # Collections that inference never reads (the SONAR stage-2 teacher) stay out of the export.
 DROPPED_COLLECTIONS = ("teacher",)
 
