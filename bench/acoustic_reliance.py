@@ -29,11 +29,11 @@ def reverse_valid(waveform: np.ndarray, waveform_length: np.ndarray) -> np.ndarr
 
 def transcript_nll(model, variables, batch: dict) -> tuple[float, float]:
     """(summed RNN-T NLL of the batch's transcripts given its audio, their token count), inference mode."""
-    from maestro_jax import evaluation
+    from maestro_jax import inference
     from maestro_jax.objectives.common import transducer_nll
     from maestro_jax.objectives.transducer import TransducerLoss
 
-    h, h_length = evaluation.encode_for_decoding(
+    h, h_length = inference.encode_for_decoding(
         model, variables, jnp.asarray(batch["waveform"]), jnp.asarray(batch["waveform_length"])
     )
     tokens, token_length = jnp.asarray(batch["tokens"]), jnp.asarray(batch["token_length"])
@@ -64,14 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=16)
     args = parser.parse_args(argv)
 
-    from maestro_jax import evaluation
+    from maestro_jax import checkpoints, evaluation, inference
 
-    saved = evaluation.checkpoint_steps(os.path.join(args.model_dir, "checkpoints"))
+    saved = checkpoints.checkpoint_steps(os.path.join(args.model_dir, "checkpoints"))
     steps = [int(s) for s in args.steps.split(",")] if args.steps else saved
     print(f"{args.model_dir} on {args.split} ({args.batches} x {args.batch_size} utterances)")
     print("| step | NLL/token, own audio | NLL/token, reversed audio | gap (nats/token) |\n|---|---|---|---|")
     for step in steps:
-        restored = evaluation.load_model_dir(args.model_dir, checkpoint_step=step)
+        restored = inference.load_model_dir(args.model_dir, checkpoint_step=step)
         batches, _ = evaluation.split_batches(args.split, batch_size=args.batch_size, needs_text=True)
         batches = (batch for _, batch in zip(range(args.batches), batches))
         result = reliance(restored.model, restored.variables, batches)

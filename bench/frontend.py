@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from maestro_jax import frontend
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 
 
 def _time_per_call(fn, *args, repeats: int) -> float:
@@ -31,7 +32,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=20, help="timed calls after the warm-up call")
     args = parser.parse_args()
 
-    num_samples = int(args.seconds * frontend.SAMPLE_RATE_HZ)
+    num_samples = int(args.seconds * SAMPLE_RATE_HZ)
     rng = np.random.default_rng(0)
     waveform = jnp.asarray(rng.uniform(-0.5, 0.5, (args.batch, num_samples)).astype(np.float32))
     waveform_length = jnp.full((args.batch,), num_samples, jnp.int32)

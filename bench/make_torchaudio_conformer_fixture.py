@@ -1,8 +1,9 @@
 """Write tests/fixtures/torchaudio_conformer_tiny.npz: tiny torchaudio Conformers, their inputs and eval-mode outputs.
 
-Needs torch + torchaudio (not numpy-only JAX venv), e.g.
+Needs torch + torchaudio, which the project's .venv does not have: run it with the side venv that bench/README.md
+makes (`python3.11 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.9.1 'torchaudio==2.9.*' numpy`):
 
-  /work/benchvenv/bin/python bench/make_torchaudio_conformer_fixture.py
+  .venv-torch/bin/python bench/make_torchaudio_conformer_fixture.py
 
 Variants (npz key prefix): "batch_norm/", "group_norm/" (use_group_norm=True) and "convolution_first/" (batch norm,
 convolution module ahead of attention). Under each prefix: "state/<torch key>" state_dict arrays, "inputs" f32[B, T, D]

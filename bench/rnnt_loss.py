@@ -13,10 +13,11 @@ Rows (each at B, T, U, V, joint dim J):
 
 Memory: JAX from the compiled executable's memory_analysis() (arguments + outputs + temporaries - aliased); torch
 from the worker's peak RSS (VmHWM) minus its RSS before the inputs were made (so inputs count on both sides).
-torchaudio is optional: pass --torch-python with an interpreter that has torch+torchaudio (see BENCHMARKS.md); each
-torch measurement runs in a fresh process of that interpreter so peaks do not mix.
+torchaudio is optional: pass --torch-python with an interpreter that has torch+torchaudio, e.g. the side venv of
+bench/README.md (`python3.11 -m venv .venv-torch && .venv-torch/bin/pip install torch==2.9.1 'torchaudio==2.9.*'
+numpy`); each torch measurement runs in a fresh process of that interpreter so peaks do not mix.
 
-  .venv/bin/python bench/rnnt_loss.py --torch-python /work/benchvenv/bin/python
+  .venv/bin/python bench/rnnt_loss.py --torch-python .venv-torch/bin/python
   .venv/bin/python bench/rnnt_loss.py --pruned      # fused vs simple+pruned only, at V = 256, 512 (base), 1024
 """
 

@@ -24,10 +24,11 @@ import subprocess
 import sys
 import time
 
-from maestro_jax.cli.train import gin_bindings
+from maestro_jax.data import corpus_layout
+from maestro_jax.gin_utils import gin_bindings
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SPLITS = ("test_in_vocab", "test_text_only_vocab")
+SPLITS = corpus_layout.TEST_SPLITS
 SPEECH_SYSTEMS = ("supervised", "maestro", "astra")
 # A system is a chain of stages run one after the other; each stage is one experiment file.
 CHAINS = {
@@ -62,7 +63,8 @@ def text_only_word_recall(rows: list[dict], text_only_words: set[str]) -> dict[s
 def run_stage(stage: str, workdir: str, steps: int, gin_files: list[str], bindings: list[str]) -> dict:
     """Trains one stage to `steps` (resuming) and evaluates it; returns and writes its result.json."""
     from maestro_jax import evaluation, train
-    from maestro_jax.cli.train import configure_gin, log_to_stderr
+    from maestro_jax.gin_utils import configure_gin
+    from maestro_jax.metrics import log_to_stderr
 
     log_to_stderr()
 
@@ -111,7 +113,7 @@ def corpus_text_only_words() -> set[str]:
     from maestro_jax.data import pipeline
 
     corpus_dir, _ = pipeline.synthetic_corpus()
-    with open(os.path.join(corpus_dir, "vocab.json")) as f:
+    with open(os.path.join(corpus_dir, corpus_layout.VOCAB_FILE)) as f:
         return set(json.load(f)["B"])
 
 

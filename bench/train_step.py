@@ -3,11 +3,10 @@
     .venv/bin/python bench/train_step.py --gin_file=BENCH.gin [--gin.NAME=VALUE ...]
 
 The gin files bind `bench_train_step.model`, `.objective` and `.make_data` exactly like `train.*` in a training run
-(e.g. `bench_train_step.model = @SpeechTextModel()`), plus the mesh through `make_mesh.*`. Without
-maestro_jax.models.model.SpeechTextModel importable the benchmark prints why it is skipped and exits 0.
+(e.g. `bench_train_step.model = @SpeechTextModel()`), plus the mesh through `make_mesh.*`. The step is set up
+and compiled by the same `trainer.setup_train_step` as a training run.
 """
 
-import importlib
 import sys
 import time
 
@@ -17,7 +16,7 @@ import numpy as np
 
 from maestro_jax import metrics as metrics_lib
 from maestro_jax import partitioning, trainer
-from maestro_jax.cli import train as cli
+from maestro_jax.gin_utils import configure_gin, parse_gin_flags
 
 
 @gin.configurable
@@ -30,16 +29,11 @@ def bench_train_step(
     optimizer = trainer.make_optimizer()
     data = make_data(jax.process_index(), jax.process_count(), seed)
     local = next(data)
-    abstract_batch = partitioning.abstract_global_batch(local, mesh, rules)
-    init_fn = trainer.make_init_fn(model, optimizer, use_ema=False)
-    rng = jax.random.PRNGKey(seed)
-    abstract_state, shardings = trainer.abstract_and_shardings(init_fn, rng, abstract_batch, mesh, rules)
+    setup = trainer.setup_train_step(model, optimizer, local, mesh, rules, seed=seed, use_ema=False)
+    state = setup.initial_state(local)
     batch = partitioning.global_batch(local, mesh, rules)
-    state = trainer.initialize_state(init_fn, rng, batch, shardings, mesh, rules)
-    step_fn = trainer.make_train_step(model, objective, optimizer)
-    jitted = trainer.jit_train_step(step_fn, shardings, jax.tree.map(lambda x: x.sharding, abstract_batch), mesh)
     start = time.perf_counter()
-    compiled, figures = trainer.compile_ahead_of_time(jitted, abstract_state, abstract_batch, mesh, rules)
+    compiled, figures = setup.compile(trainer.make_train_step(model, objective, optimizer))
     figures["compile_s"] = time.perf_counter() - start
     state, step_metrics = compiled(state, batch)  # warm-up
     jax.block_until_ready(step_metrics)
@@ -62,13 +56,9 @@ def bench_train_step(
 
 
 def main(argv=None) -> int:
-    try:
-        importlib.import_module("maestro_jax.models.model").SpeechTextModel  # noqa: B018
-    except (ImportError, AttributeError) as error:
-        print(f"skipped: maestro_jax.models.model.SpeechTextModel is not importable yet ({error})")
-        return 0
-    gin_files, bindings = cli.parse_args(sys.argv[1:] if argv is None else argv)
-    cli.configure_gin(gin_files, bindings)
+    argv = sys.argv[1:] if argv is None else argv
+    gin_files, bindings = parse_gin_flags(argv, prog="bench/train_step.py", description=__doc__.splitlines()[0])
+    configure_gin(gin_files, bindings)
     for name, value in bench_train_step().items():
         print(f"{name:>28}: {value}")
     return 0

@@ -21,6 +21,7 @@ CONFIGURABLE_MODULES = (
     "maestro_jax.trainer",
     "maestro_jax.train",
     "maestro_jax.distributed",
+    "maestro_jax.inference",
     "maestro_jax.evaluation",
     "maestro_jax.data.pipeline",
 )

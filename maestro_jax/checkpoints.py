@@ -1,15 +1,21 @@
-"""Orbax CheckpointManager wrapper: async saves, keep-last-K plus best-by-metric, iterator state, any-mesh restore.
+"""Orbax CheckpointManager wrapper: async saves, keep-last-K plus best-by-metric, iterator state, any-mesh restore;
+and the one place that lists checkpoint steps and restores params without the training state around them.
 
 A checkpoint step holds three items: `state` (the TrainState, StandardSave), `data_iterator` (JSON: each process's
 batcher state, keyed "process_<i>") and `operative_config` (JSON: {"gin": the operative gin config text}).
+Evaluation, export and the SONAR teacher read checkpoints through `checkpoint_steps`, `find_step`,
+`restore_pytree` and `restore_inference_variables`; this module needs only JAX, NumPy and Orbax (no gin), so that
+`export.load` can use it.
 """
 
 import json
 import os
+from collections.abc import Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
@@ -27,6 +33,91 @@ def gather_process_states(local_state: dict) -> dict:
         f"process_{i}": json.loads(bytes(gathered[i, : int(lengths.reshape(-1)[i])]).decode())
         for i in range(jax.process_count())
     }
+
+
+def checkpoint_steps(checkpoint_dir: str) -> list[int]:
+    """The saved steps under a Checkpointer directory, ascending ([] when there is none or it does not exist)."""
+    if not os.path.isdir(checkpoint_dir):
+        return []
+    return sorted(int(name) for name in os.listdir(checkpoint_dir) if name.isdigit())
+
+
+def find_step(checkpoint_dir: str, step: int | None = None, *, step_option: str = "--checkpoint_step") -> int:
+    """`step` (default: the latest) if it is saved under `checkpoint_dir`; FileNotFoundError otherwise.
+
+    step_option: the flag or gin parameter that chose `step`, named in the error.
+    """
+    steps = checkpoint_steps(checkpoint_dir)
+    if not steps:
+        raise FileNotFoundError(
+            f"no checkpoints under {checkpoint_dir}; train first (maestro-train) or fix --model_dir."
+        )
+    if step is None:
+        return steps[-1]
+    if step not in steps:
+        raise FileNotFoundError(f"{checkpoint_dir} has steps {steps}, not {step}; change {step_option}.")
+    return step
+
+
+def pytree_metadata(path: str) -> dict:
+    """The tree of array metadata of the Orbax PyTree checkpoint at `path` (nothing is read but metadata)."""
+    metadata = ocp.PyTreeCheckpointer().metadata(path)
+    return metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
+
+
+def restore_pytree(
+    path: str, *, keys: Sequence[str] | None = None, sharding: jax.sharding.Sharding | None = None
+) -> dict:
+    """Restores the Orbax PyTree checkpoint at `path` (a step's `state` item, an export's params/).
+
+    keys: restore only these top-level entries (a missing or empty one comes back as {}), e.g. the params of a
+    TrainState without its optimizer state. sharding: put every array there; None restores host NumPy arrays, which
+    works whatever mesh wrote the checkpoint.
+    """
+    checkpointer = ocp.PyTreeCheckpointer()
+    tree = pytree_metadata(path)
+    if keys is not None:
+        tree = {key: tree.get(key) or {} for key in keys}
+    if sharding is None:
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    else:
+        restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), tree)
+    if keys is None:
+        return checkpointer.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    # A partial restore needs the wanted subtree as `item`.
+    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), tree)
+    return checkpointer.restore(
+        path, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
+    )
+
+
+def restore_inference_variables(
+    checkpoint_dir: str,
+    step: int | None = None,
+    *,
+    use_ema: bool = False,
+    device: jax.Device | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> dict:
+    """{"params": ..., **model_state} of checkpoint `step` (default: the latest) under a Checkpointer directory,
+    without the optimizer state. use_ema: take the EMA params instead of the trained ones. The arrays go onto
+    `sharding`, else onto `device` (default: the first local device)."""
+    step = find_step(checkpoint_dir, step)
+    path = os.path.join(checkpoint_dir, str(step), "state")
+    params_key = "ema_params" if use_ema else "params"
+    if not pytree_metadata(path).get(params_key):
+        raise ValueError(
+            f"checkpoint {path} holds no {params_key!r}; "
+            + ("it was trained without EMA (train.ema_decay=None): drop --use_ema." if use_ema else "is it complete?")
+        )
+    sharding = sharding or jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    restored = restore_pytree(path, keys=(params_key, "model_state"), sharding=sharding)
+    return {"params": restored[params_key], **(restored["model_state"] or {})}
+
+
+def restore_operative_config(checkpoint_dir: str, step: int) -> str:
+    """The operative gin config text saved with checkpoint `step` under a Checkpointer directory."""
+    return ocp.JsonCheckpointHandler().restore(epath.Path(checkpoint_dir, str(step), "operative_config"))["gin"]
 
 
 class Checkpointer:

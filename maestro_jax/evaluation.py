@@ -1,39 +1,39 @@
-"""Transcription with a trained SpeechTextModel, and WER/CER with jiwer after one documented text normaliser.
+"""WER/CER with jiwer after one documented text normaliser, and the evaluation loops over corpus splits, JSONL
+manifests and exports (transcription itself is inference.py's).
 
 Text normaliser (`normalize_transcript`), applied to references and hypotheses alike: Unicode NFKC, lower case,
 every character that is not a letter, digit, apostrophe or whitespace becomes a space, apostrophes at word edges are
 dropped, and runs of whitespace collapse to one space. So "Hello, World!" and "hello world" score as equal.
 """
 
-import dataclasses
 import functools
 import json
 import os
 import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import Any
 
 import gin
 import jax
 import jax.numpy as jnp
 import jiwer
 import numpy as np
-import orbax.checkpoint as ocp
 import sentencepiece
-from etils import epath
 
-import maestro_jax
-from maestro_jax import decoding, export
-from maestro_jax.data import audio_files
-from maestro_jax.models import make_model
+from maestro_jax import export
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
+from maestro_jax.data import audio_files, corpus_layout
+from maestro_jax.inference import (
+    DECODERS,
+    apply_operative_config,
+    load_model_dir,
+    make_transcriber,
+    tokenizer_of_config,
+)
 
 _NOT_WORD = re.compile(r"[^\w\s']|_", re.UNICODE)
 _EDGE_APOSTROPHE = re.compile(r"(^|\s)'+|'+(?=\s|$)")
 _SPACES = re.compile(r"\s+")
-
-SAMPLE_RATE = 16000
-DECODERS = ("rnnt_greedy", "rnnt_beam", "ctc_greedy")
 
 
 def normalize_transcript(text: str) -> str:
@@ -68,81 +68,6 @@ def error_rates(references: list[str], hypotheses: list[str]) -> dict[str, float
         "num_reference_words": float(sum(len(r.split()) for r in refs)),
         "skipped_empty_references": float(len(pairs) - len(kept)),
     }
-
-
-def encode_for_decoding(model, variables, waveform: jax.Array, waveform_length: jax.Array):
-    """waveform f32[B, N] -> (shared-tower output h f32[B, T, D], frame_length i32[B]) in inference mode."""
-    e_s, frame_length = model.apply(variables, waveform, waveform_length, train=False, method="encode_speech")
-    return model.apply(variables, e_s, frame_length, train=False, method="shared_encode")
-
-
-def transcribe_tokens(
-    model,
-    variables,
-    waveform: jax.Array,
-    waveform_length: jax.Array,
-    *,
-    decoder: str = "rnnt_greedy",
-    beam_size: int = 4,
-    max_symbols_per_frame: int = 4,
-    max_output_length: int = 128,
-) -> tuple[jax.Array, jax.Array]:
-    """waveform f32[B, N], waveform_length i32[B] -> (tokens i32[B, L], lengths i32[B]); jit-able, pure.
-
-    decoder: "rnnt_greedy" | "rnnt_beam" (alignment-length synchronous, beam_size hypotheses) | "ctc_greedy".
-    max_output_length: L, the most tokens per utterance.
-    """
-    h, frame_length = encode_for_decoding(model, variables, waveform, waveform_length)
-    if decoder == "ctc_greedy":
-        logits = model.apply(variables, h, method="ctc_logits")
-        tokens, lengths = decoding.ctc_greedy_decode(logits, frame_length)
-        return tokens[:, :max_output_length], jnp.minimum(lengths, max_output_length)
-    enc_proj = model.apply(variables, h, method="rnnt_encoder_proj")
-    callables = (
-        lambda batch_size: model.apply(variables, batch_size, method="rnnt_predictor_init"),
-        lambda carry, token: model.apply(variables, carry, token, method="rnnt_predictor_step"),
-        model.joint_output_fn,
-        model.joint_params(variables["params"]),
-    )
-    if decoder == "rnnt_greedy":
-        tokens, lengths, _ = decoding.rnnt_greedy_decode(
-            enc_proj,
-            frame_length,
-            *callables,
-            max_symbols_per_frame=max_symbols_per_frame,
-            max_output_length=max_output_length,
-        )
-    elif decoder == "rnnt_beam":
-        tokens, lengths, _ = decoding.rnnt_beam_search(
-            enc_proj, frame_length, *callables, beam_size=beam_size, max_output_length=max_output_length
-        )
-    else:
-        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
-    return tokens, lengths
-
-
-@gin.configurable
-def make_transcriber(
-    model,
-    *,
-    decoder: str = "rnnt_greedy",
-    beam_size: int = 4,
-    max_symbols_per_frame: int = 4,
-    max_output_length: int = 128,
-) -> Callable:
-    """A jitted fn(variables, waveform, waveform_length) -> (tokens, lengths) for `model` (see transcribe_tokens)."""
-    if decoder not in DECODERS:
-        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
-    return jax.jit(
-        functools.partial(
-            transcribe_tokens,
-            model,
-            decoder=decoder,
-            beam_size=beam_size,
-            max_symbols_per_frame=max_symbols_per_frame,
-            max_output_length=max_output_length,
-        )
-    )
 
 
 def token_lists(tokens, lengths) -> list[list[int]]:
@@ -188,91 +113,11 @@ def _as_str(value) -> str:
 
 # ---- Evaluating a trained model directory or an export on corpus splits and manifests ----
 
-DEFAULT_SPLITS = ("test_in_vocab", "test_text_only_vocab")
-
-
-@dataclasses.dataclass(frozen=True)
-class RestoredModel:
-    """A SpeechTextModel rebuilt from a model directory's operative config, with inference variables.
-
-    variables: {"params": params or EMA params, **model_state} on one device. step: the checkpoint step.
-    config_text: the operative gin config saved with that checkpoint.
-    """
-
-    model: Any
-    variables: dict
-    step: int
-    config_text: str
-
-
-def apply_operative_config(config_text: str) -> None:
-    """Replaces the global gin config by `config_text` (an operative config written by training or an export)."""
-    maestro_jax.register_configurables()
-    with gin.unlock_config():
-        gin.clear_config()
-        gin.parse_config(config_text)
-
-
-def checkpoint_steps(checkpoint_dir: str) -> list[int]:
-    """The saved steps under a Checkpointer directory, ascending ([] when there is none)."""
-    if not os.path.isdir(checkpoint_dir):
-        return []
-    return sorted(int(name) for name in os.listdir(checkpoint_dir) if name.isdigit())
-
-
-def _checkpoint_step(checkpoint_dir: str, step: int | None) -> int:
-    steps = checkpoint_steps(checkpoint_dir)
-    if not steps:
-        raise FileNotFoundError(
-            f"no checkpoints under {checkpoint_dir}; train first (maestro-train) or fix --model_dir."
-        )
-    if step is None:
-        return steps[-1]
-    if step not in steps:
-        raise FileNotFoundError(f"{checkpoint_dir} has checkpoint steps {steps}, not {step}; change --checkpoint_step.")
-    return step
-
-
-def restore_inference_variables(
-    checkpoint_dir: str, step: int, *, use_ema: bool = False, device: jax.Device | None = None
-) -> dict:
-    """{"params": ..., **model_state} of one checkpoint step, restored by Orbax onto `device` (default: the first
-    local device) without the optimizer state. use_ema: take the EMA params instead of the trained ones."""
-    path = os.path.join(checkpoint_dir, str(step), "state")
-    checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(path)
-    tree = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
-    params_key = "ema_params" if use_ema else "params"
-    if not tree.get(params_key):
-        raise ValueError(
-            f"checkpoint {path} holds no {params_key!r}; "
-            + ("it was trained without EMA (train.ema_decay=None): drop --use_ema." if use_ema else "is it complete?")
-        )
-    wanted = {params_key: tree[params_key], "model_state": tree.get("model_state") or {}}
-    sharding = jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
-    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=sharding), wanted)
-    abstract = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding), wanted)
-    restored = checkpointer.restore(
-        path, args=ocp.args.PyTreeRestore(item=abstract, restore_args=restore_args, partial_restore=True)
-    )
-    return {"params": restored[params_key], **(restored["model_state"] or {})}
-
-
-def load_model_dir(
-    model_dir: str, *, checkpoint_step: int | None = None, use_ema: bool = False, device: jax.Device | None = None
-) -> RestoredModel:
-    """Rebuilds the model of a training run from the operative config saved with its checkpoint (gin) and restores
-    its inference variables (`restore_inference_variables`). Leaves that config as the global gin config."""
-    checkpoint_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
-    step = _checkpoint_step(checkpoint_dir, checkpoint_step)
-    config = ocp.JsonCheckpointHandler().restore(epath.Path(checkpoint_dir, str(step), "operative_config"))
-    apply_operative_config(config["gin"])
-    variables = restore_inference_variables(checkpoint_dir, step, use_ema=use_ema, device=device)
-    return RestoredModel(model=make_model(), variables=variables, step=step, config_text=config["gin"])
+DEFAULT_SPLITS = corpus_layout.TEST_SPLITS
 
 
 def manifest_batches(
-    manifest: str, *, batch_size: int = 16, samples_multiple: int = 16000
+    manifest: str, *, batch_size: int = 16, samples_multiple: int = SAMPLE_RATE_HZ
 ) -> Iterator[dict[str, np.ndarray]]:
     """One ordered pass over a NeMo-style JSONL manifest (`audio_filepath`, `text`; any sample rate, stereo
     averaged to mono) in eval batches shaped like `eval_batches`: `waveform` f32[B, N] with N the longest utterance
@@ -306,7 +151,9 @@ def manifest_batches(
         yield batch
 
 
-def split_batches(split: str, *, batch_size: int = 16, samples_multiple: int = 16000, needs_text: bool = False):
+def split_batches(
+    split: str, *, batch_size: int = 16, samples_multiple: int = SAMPLE_RATE_HZ, needs_text: bool = False
+):
     """(batches, number of batches) of one ordered pass over a synthetic-corpus split (configured by gin); with
     `needs_text` the batches carry `tokens`/`token_length` too."""
     # The seqio/TensorFlow data stack loads only when a split is evaluated.
@@ -369,7 +216,7 @@ def evaluate(
         variables, tokenizer_path = None, loaded.tokenizer_path
     tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
     results, all_rows = {}, []
-    samples_multiple = int(round(pad_seconds * SAMPLE_RATE))
+    samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
     for kind, name in sources:
         if kind == "split":
             batches, total = split_batches(name, batch_size=batch_size, samples_multiple=samples_multiple)
@@ -410,7 +257,7 @@ def split_error_rates(
     """
     del step
     tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_of_config())
-    samples_multiple = int(round(pad_seconds * SAMPLE_RATE))
+    samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
     out = {}
     for index, decoder in enumerate(decoders):
         transcribe = _cached_transcriber(model, decoder, beam_size)
@@ -458,7 +305,7 @@ def retrieval_errors(
     embed_speech = jax.jit(functools.partial(sonar_eval.embed_speech, restored.model))
     embed_text = jax.jit(functools.partial(teacher_model.apply, method="embed"))
     results = {}
-    samples_multiple = int(round(pad_seconds * SAMPLE_RATE))
+    samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
     for split in splits:
         batches, total = split_batches(split, batch_size=batch_size, samples_multiple=samples_multiple, needs_text=True)
         speech, text, transcripts = [], [], []
@@ -476,14 +323,6 @@ def retrieval_errors(
             "num_utterances": float(len(transcripts)),
         }
     return results
-
-
-def tokenizer_of_config() -> str:
-    """The sentencepiece model of the synthetic corpus named by the current gin config."""
-    from maestro_jax.data import pipeline
-
-    corpus_dir, _ = pipeline.synthetic_corpus()
-    return os.path.join(corpus_dir, "spm", "spm.model")
 
 
 def format_table(results: dict[str, dict[str, float]]) -> str:

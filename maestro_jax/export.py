@@ -14,8 +14,9 @@ N per bucket (default buckets: 5, 10, 20 and 30 s of 16 kHz samples; `load` pads
 f32[B, E] (speech tower, then attention pooler: the SONAR student's output).
 
 `load(export_dir)` needs only JAX, NumPy, Orbax and sentencepiece: it never imports gin, seqio, TensorFlow or the
-training code, so that evaluation and serving run without them. Writing an export does need the model code, which
-is imported inside `write_export` for that reason.
+training code (it restores through checkpoints.py, which needs only Orbax), so that evaluation and serving run without
+them. Writing an export does need the model code (inference.py), which is imported inside `write_export` for that
+reason.
 """
 
 import dataclasses
@@ -26,10 +27,12 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 
-SAMPLE_RATE = 16000
+from maestro_jax import checkpoints
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
+
 DEFAULT_BUCKET_SECONDS = (5.0, 10.0, 20.0, 30.0)
-FUNCTIONS = ("transcribe", "embed")
 # Collections that inference never reads (the SONAR stage-2 teacher) stay out of the export.
 DROPPED_COLLECTIONS = ("teacher",)
 
@@ -62,9 +65,7 @@ def write_export(
     bucket_seconds: the padded input lengths, one exported function pair per bucket. max_output_length: L, the most
     tokens `transcribe` emits per utterance. platforms: jax.export lowering platforms (default: the current backend).
     """
-    import orbax.checkpoint as ocp
-
-    from maestro_jax import evaluation, sonar_eval
+    from maestro_jax import inference, sonar_eval
 
     variables = {k: v for k, v in variables.items() if k not in DROPPED_COLLECTIONS}
     variables = jax.tree.map(np.asarray, variables)
@@ -80,7 +81,7 @@ def write_export(
         f.write(config_text)
 
     def transcribe(variables, waveform, waveform_length):
-        return evaluation.transcribe_tokens(
+        return inference.transcribe_tokens(
             model, variables, waveform, waveform_length, decoder="rnnt_greedy", max_output_length=max_output_length
         )
 
@@ -89,7 +90,7 @@ def write_export(
 
     variable_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), variables)
     (batch,) = jax.export.symbolic_shape("B")
-    buckets = sorted({int(round(s * SAMPLE_RATE)) for s in bucket_seconds})
+    buckets = sorted({int(round(s * SAMPLE_RATE_HZ)) for s in bucket_seconds})
     embedding_dim = None
     for samples in buckets:
         specs = (
@@ -105,7 +106,7 @@ def write_export(
                 f.write(exported.serialize())
     metadata = {
         "format": 1,
-        "sample_rate": SAMPLE_RATE,
+        "sample_rate": SAMPLE_RATE_HZ,
         "bucket_samples": buckets,
         "max_output_length": max_output_length,
         "steps": [int(s) for s in steps],
@@ -130,13 +131,13 @@ def export_model_dir(
     """Exports a training run: the params of checkpoint `checkpoint_step` (default: the latest), or with
     `average_last` K > 1 the mean of the params of the K newest checkpoints up to it. tokenizer_path defaults to the
     synthetic corpus's of the run's config. export_options go to `write_export`. Returns the export directory."""
-    from maestro_jax import evaluation
+    from maestro_jax import inference
 
     if average_last < 1:
         raise ValueError(f"--average_last must be >= 1, got {average_last}.")
-    restored = evaluation.load_model_dir(model_dir, checkpoint_step=checkpoint_step, use_ema=use_ema)
+    restored = inference.load_model_dir(model_dir, checkpoint_step=checkpoint_step, use_ema=use_ema)
     checkpoint_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
-    steps = [s for s in evaluation.checkpoint_steps(checkpoint_dir) if s <= restored.step][-average_last:]
+    steps = [s for s in checkpoints.checkpoint_steps(checkpoint_dir) if s <= restored.step][-average_last:]
     if len(steps) < average_last:
         raise ValueError(
             f"--average_last {average_last} asks for more checkpoints than {checkpoint_dir} keeps up to step "
@@ -145,14 +146,14 @@ def export_model_dir(
     variables = restored.variables
     if average_last > 1:
         params = [
-            evaluation.restore_inference_variables(checkpoint_dir, step, use_ema=use_ema)["params"] for step in steps
+            checkpoints.restore_inference_variables(checkpoint_dir, step, use_ema=use_ema)["params"] for step in steps
         ]
         variables = {**variables, "params": average_variables(params)}
     return write_export(
         out_dir,
         restored.model,
         variables,
-        tokenizer_path=tokenizer_path or evaluation.tokenizer_of_config(),
+        tokenizer_path=tokenizer_path or inference.tokenizer_of_config(),
         config_text=restored.config_text,
         steps=steps,
         **export_options,
@@ -200,8 +201,8 @@ class ExportedModel:
         if not fitting:
             largest = max(self.metadata["bucket_samples"])
             raise ValueError(
-                f"an utterance of {longest} samples ({longest / SAMPLE_RATE:.1f} s) exceeds the export's longest "
-                f"bucket of {largest} samples ({largest / SAMPLE_RATE:.1f} s) in {self.export_dir}; re-export with "
+                f"an utterance of {longest} samples ({longest / SAMPLE_RATE_HZ:.1f} s) exceeds the export's longest "
+                f"bucket of {largest} samples ({largest / SAMPLE_RATE_HZ:.1f} s) in {self.export_dir}; re-export with "
                 "a longer --bucket_seconds or split the audio."
             )
         samples = fitting[0]
@@ -231,20 +232,13 @@ class ExportedModel:
 
 def load(export_dir: str) -> ExportedModel:
     """Loads an export written by `write_export` (params restored as host NumPy arrays)."""
-    import orbax.checkpoint as ocp
-
     export_dir = os.path.abspath(export_dir)
     metadata_path = os.path.join(export_dir, "export.json")
     if not os.path.isfile(metadata_path):
         raise FileNotFoundError(f"{metadata_path} is missing; is {export_dir} the --out of maestro-export?")
     with open(metadata_path) as f:
         metadata = json.load(f)
-    checkpointer = ocp.PyTreeCheckpointer()
-    params_dir = os.path.join(export_dir, "params")
-    tree = checkpointer.metadata(params_dir)
-    tree = tree.item_metadata.tree if hasattr(tree, "item_metadata") else tree
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
-    variables = checkpointer.restore(params_dir, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    variables = checkpoints.restore_pytree(os.path.join(export_dir, "params"))
     with open(os.path.join(export_dir, "operative_config.gin")) as f:
         config_text = f.read()
     return ExportedModel(

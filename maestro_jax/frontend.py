@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-SAMPLE_RATE_HZ = 16000
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
+
 FRAME_LENGTH = 400  # samples (25 ms)
 FRAME_STEP = 160  # samples (10 ms)
 FFT_LENGTH = 512

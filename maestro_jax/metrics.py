@@ -4,6 +4,7 @@ Only process 0 writes; other processes get a writer whose methods do nothing.
 """
 
 import json
+import logging
 import os
 import time
 
@@ -25,6 +26,16 @@ PEAK_FLOPS_BY_DEVICE_KIND: tuple[tuple[str, float], ...] = (
     ("H100", 989e12),
     ("A100", 312e12),
 )
+
+
+def log_to_stderr() -> None:
+    """Timestamped INFO logs of the maestro_jax package on stderr (step metrics, checkpoints, skipped examples)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    package_logger = logging.getLogger("maestro_jax")
+    package_logger.addHandler(handler)
+    package_logger.setLevel(logging.INFO)
+    package_logger.propagate = False
 
 
 def measure_cpu_matmul_peak(size: int = 512, repeats: int = 5) -> float:

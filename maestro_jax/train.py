@@ -109,12 +109,16 @@ def train(
     initial_data_state = data.get_state()
     first_local_batch = next(data)
     data.set_state(initial_data_state)
-    abstract_batch = partitioning.abstract_global_batch(first_local_batch, mesh, rules)
-    batch_shardings = jax.tree.map(lambda x: x.sharding, abstract_batch)
-
-    init_fn = trainer.make_init_fn(model, optimizer, use_ema=ema_decay is not None, init_hooks=init_hooks)
-    rng = jax.random.PRNGKey(seed)
-    abstract_state, state_shardings = trainer.abstract_and_shardings(init_fn, rng, abstract_batch, mesh, rules)
+    setup = trainer.setup_train_step(
+        model,
+        optimizer,
+        first_local_batch,
+        mesh,
+        rules,
+        seed=seed,
+        use_ema=ema_decay is not None,
+        init_hooks=init_hooks,
+    )
 
     checkpointer = checkpoints.Checkpointer(
         os.path.join(model_dir, "checkpoints"),
@@ -126,7 +130,7 @@ def train(
         async_save=async_checkpointing,
     )
     if checkpointer.latest_step() is not None:
-        state, data_state, _ = checkpointer.restore(None, abstract_state)
+        state, data_state, _ = checkpointer.restore(None, setup.abstract_state)
         data.set_state(data_state)
         log.info("restored step %d from %s", int(state.step), checkpointer.directory)
         if int(state.step) >= train_steps:  # nothing to train: skip compiling the step
@@ -135,9 +139,7 @@ def train(
             _close_data(data)
             return state
     else:
-        state = trainer.initialize_state(
-            init_fn, rng, partitioning.global_batch(first_local_batch, mesh, rules), state_shardings, mesh, rules
-        )
+        state = setup.initial_state(first_local_batch)
 
     train_step = trainer.make_train_step(
         model,
@@ -147,7 +149,6 @@ def train(
         ema_decay=ema_decay,
         learning_rate_schedule=learning_rate_schedule,
     )
-    jitted = trainer.jit_train_step(train_step, state_shardings, batch_shardings, mesh)
     peak_flops, peak_source = metrics.peak_flops_per_device(mesh.devices.flat[0])
     # One executable per batch shape: a batcher with length buckets feeds a few shapes, each compiled on first sight.
     executables: dict[tuple, tuple[Callable, dict]] = {}
@@ -157,12 +158,10 @@ def train(
             (jax.tree_util.keystr(path), x.shape) for path, x in jax.tree_util.tree_leaves_with_path(local_batch)
         )
         if key not in executables:
-            abstract = partitioning.abstract_global_batch(local_batch, mesh, rules)
-            executables[key] = trainer.compile_ahead_of_time(jitted, abstract_state, abstract, mesh, rules)
-            shapes = {jax.tree_util.keystr(path): x.shape for path, x in jax.tree_util.tree_leaves_with_path(abstract)}
+            executables[key] = setup.compile(train_step, local_batch)
             log.info(
                 "train step compiled for %s: %s; peak %.3g FLOP/s per device (%s)",
-                shapes,
+                dict(key),
                 executables[key][1],
                 peak_flops,
                 peak_source,

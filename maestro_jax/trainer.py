@@ -1,5 +1,6 @@
 """Train state, optimizer and schedules, and the one jitted train step (grad accumulation, EMA, NaN guard)."""
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -303,3 +304,68 @@ def initialize_state(init_fn: Callable, rng, batch, shardings, mesh, rules) -> T
     """Runs `init_fn` under jit with out_shardings so every device creates only its own shards."""
     with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
         return jax.jit(lambda r, b: nn.unbox(init_fn(r, b)), out_shardings=shardings)(rng, batch)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSetup:
+    """What a run builds its train step against, derived from one local batch (`setup_train_step`).
+
+    abstract_batch / batch_shardings: the global batch on `mesh`; abstract_state / state_shardings: the TrainState.
+    init_fn and rng initialise a fresh state (`initial_state`).
+    """
+
+    mesh: jax.sharding.Mesh
+    rules: Any
+    init_fn: Callable
+    rng: jax.Array
+    abstract_batch: Any
+    batch_shardings: Any
+    abstract_state: TrainState
+    state_shardings: Any
+
+    def initial_state(self, local_batch) -> TrainState:
+        """A freshly initialised TrainState, sharded on the mesh (`initialize_state` on the global `local_batch`)."""
+        batch = partitioning.global_batch(local_batch, self.mesh, self.rules)
+        return initialize_state(self.init_fn, self.rng, batch, self.state_shardings, self.mesh, self.rules)
+
+    def compile(self, train_step: Callable, local_batch=None) -> tuple[Callable, dict]:
+        """`train_step` (from `make_train_step`) jitted with these shardings and compiled ahead of time for the
+        shapes of `local_batch` (default: the batch this setup was made from); returns the executable and its figures
+        (`compile_ahead_of_time`)."""
+        jitted = jit_train_step(train_step, self.state_shardings, self.batch_shardings, self.mesh)
+        abstract_batch = self.abstract_batch
+        if local_batch is not None:
+            abstract_batch = partitioning.abstract_global_batch(local_batch, self.mesh, self.rules)
+        return compile_ahead_of_time(jitted, self.abstract_state, abstract_batch, self.mesh, self.rules)
+
+
+def setup_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    local_batch,
+    mesh,
+    rules,
+    *,
+    seed: int,
+    use_ema: bool,
+    init_hooks: Sequence[Callable] = (),
+) -> StepSetup:
+    """The abstract batch and state and their shardings for `model` trained by `optimizer` on `mesh`, from one
+    host-local batch (the shapes every later batch has); the training loop and bench/train_step.py both start here.
+
+    seed: the init and step-rng seed. use_ema / init_hooks: as in `make_init_fn`.
+    """
+    abstract_batch = partitioning.abstract_global_batch(local_batch, mesh, rules)
+    init_fn = make_init_fn(model, optimizer, use_ema=use_ema, init_hooks=init_hooks)
+    rng = jax.random.PRNGKey(seed)
+    abstract_state, state_shardings = abstract_and_shardings(init_fn, rng, abstract_batch, mesh, rules)
+    return StepSetup(
+        mesh=mesh,
+        rules=rules,
+        init_fn=init_fn,
+        rng=rng,
+        abstract_batch=abstract_batch,
+        batch_shardings=jax.tree.map(lambda x: x.sharding, abstract_batch),
+        abstract_state=abstract_state,
+        state_shardings=state_shardings,
+    )

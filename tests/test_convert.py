@@ -12,7 +12,7 @@ from maestro_jax.convert import from_torchaudio_conformer
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "torchaudio_conformer_tiny.npz"
-# Regenerate with: /work/benchvenv/bin/python bench/make_torchaudio_conformer_fixture.py
+# Regenerate with: .venv-torch/bin/python bench/make_torchaudio_conformer_fixture.py (bench/README.md makes .venv-torch)
 VARIANTS = {"batch_norm": False, "group_norm": False, "convolution_first": True}  # prefix -> convolution_first
 TOLERANCE = 1e-4
 

@@ -105,7 +105,7 @@ def test_restore_picks_step_and_ema_without_optimizer(run):
         jax.tree.leaves(restored.variables["params"])[0], jax.tree.leaves(states[2].params)[0]
     )
     assert set(restored.variables) == {"params", *states[2].model_state}
-    first_ema = evaluation.restore_inference_variables(checkpoint_dir, 1, use_ema=True)
+    first_ema = checkpoints.restore_inference_variables(checkpoint_dir, 1, use_ema=True)
     for got, want in zip(jax.tree.leaves(first_ema["params"]), jax.tree.leaves(states[1].ema_params)):
         np.testing.assert_array_equal(got, want)
     with pytest.raises(FileNotFoundError, match=r"steps \[1, 2\], not 7; change --checkpoint_step"):

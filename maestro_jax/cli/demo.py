@@ -18,8 +18,8 @@ import time
 import gin
 
 from maestro_jax import evaluation, export, train
-from maestro_jax.cli.train import GinConfigError, configure_gin, gin_bindings
 from maestro_jax.data import pipeline, unseen_speech
+from maestro_jax.gin_utils import GinConfigError, configure_gin, gin_bindings
 
 DEFAULT_GIN_FILE = "gin/experiments/demo.gin"
 EXPORT_CHECK_SPLIT = "test_in_vocab"

@@ -9,7 +9,7 @@ import argparse
 import json
 import sys
 
-from maestro_jax import evaluation
+from maestro_jax import evaluation, inference
 from maestro_jax.data.audio_files import AudioReadError
 
 
@@ -25,7 +25,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"synthetic-corpus split (repeatable; default {' '.join(evaluation.DEFAULT_SPLITS)})",
     )
     parser.add_argument("--manifest", action="append", default=[], help="NeMo JSONL manifest (repeatable)")
-    parser.add_argument("--decoder", choices=evaluation.DECODERS, default="rnnt_greedy")
+    parser.add_argument("--decoder", choices=inference.DECODERS, default="rnnt_greedy")
     parser.add_argument("--beam_size", type=int, default=4, help="hypotheses kept by rnnt_beam")
     parser.add_argument("--out", help="write hypotheses here as JSONL {source, id, reference, hypothesis}")
     parser.add_argument("--checkpoint_step", type=int, help="checkpoint step to evaluate (default: the latest)")

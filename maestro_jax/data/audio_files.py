@@ -15,7 +15,8 @@ import numpy as np
 import soundfile
 from scipy import signal
 
-TARGET_SAMPLE_RATE = 16000
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
+
 AUDIO_SUFFIXES = (".wav", ".flac")
 
 
@@ -37,7 +38,7 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
     return audio.mean(axis=1) if audio.ndim == 2 else audio
 
 
-def resample(audio: np.ndarray, sample_rate: int, target_rate: int = TARGET_SAMPLE_RATE) -> np.ndarray:
+def resample(audio: np.ndarray, sample_rate: int, target_rate: int = SAMPLE_RATE_HZ) -> np.ndarray:
     """Polyphase resampling f32[N] at `sample_rate` Hz -> f32[ceil(N * target_rate / sample_rate)] at `target_rate`."""
     if sample_rate == target_rate or audio.size == 0:
         return audio

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import gin
 
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.data import synthetic, tasks, tokenizer
-from maestro_jax.data.batcher import MultiStreamBatcher, StreamSpec, eval_batches
+from maestro_jax.data.batcher import MultiStreamBatcher, StreamSpec
 
-SAMPLE_RATE = 16000
 # Which corpus split feeds each training stream.
 STREAM_SPLITS = {"paired": "paired_train", "speech": "speech_train", "text": "text_train"}
 
@@ -67,8 +67,8 @@ def make_stream_batcher(
             f"bucket_seconds={tuple(bucket_seconds)} with {num_shards} input shards: hosts would pad to different "
             "lengths and the global batch needs one shape; set bucket_seconds=() for multi-host jobs"
         )
-    max_samples = int(max_seconds * SAMPLE_RATE)
-    bucket_samples = tuple(int(seconds * SAMPLE_RATE) for seconds in bucket_seconds)
+    max_samples = int(max_seconds * SAMPLE_RATE_HZ)
+    bucket_samples = tuple(int(seconds * SAMPLE_RATE_HZ) for seconds in bucket_seconds)
     specs = {
         name: StreamSpec(
             task=task,
@@ -174,16 +174,4 @@ def librispeech_streams(
         length_group_batches=length_group_batches,
         prefetch=prefetch,
         strict=strict,
-    )
-
-
-def synthetic_eval_batches(split: str, *, batch_size: int = 16, shard_index: int = 0, num_shards: int = 1):
-    """One ordered pass over an evaluation split of the synthetic corpus (see `eval_batches`)."""
-    _, size = synthetic_corpus()
-    return eval_batches(
-        tasks.synthetic_task_name(size, split),
-        batch_size=batch_size,
-        needs_text=True,
-        shard_index=shard_index,
-        num_shards=num_shards,
     )

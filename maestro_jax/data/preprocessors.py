@@ -22,6 +22,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.data import audio_files
 
 UNK_ID = 2
@@ -175,7 +176,7 @@ def describe_defect(
     if reason == TOO_LONG_AUDIO:
         samples = example["waveform"].shape[0]
         return (
-            f"{name} has {samples} samples ({samples / audio_files.TARGET_SAMPLE_RATE:.2f} s), more than "
+            f"{name} has {samples} samples ({samples / SAMPLE_RATE_HZ:.2f} s), more than "
             f"max_samples={max_samples} of stream '{stream}'; raise StreamSpec.max_samples {drop}"
         )
     if reason == EMPTY_TRANSCRIPT:

@@ -25,14 +25,23 @@ import numpy as np
 import soundfile
 import tqdm
 
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.data import sentences, tokenizer
+from maestro_jax.data.corpus_layout import (
+    AUDIO_SPLITS,
+    MANIFESTS_DIR,
+    RAW_DIR,
+    SPLITS,
+    SUMMARY_FILE,
+    TFDS_DIR,
+    TOKENIZER_DIR,
+    TOKENIZER_FILE,
+    TRAIN_SPLITS,
+    VOCAB_FILE,
+)
 
-SAMPLE_RATE = 16000
 # Bump when the layout or summary.json changes, so that cached corpora of older builds are rebuilt.
 CORPUS_FORMAT = 1
-AUDIO_SPLITS = ("paired_train", "speech_train", "dev", "test_in_vocab", "test_text_only_vocab")
-SPLITS = ("paired_train", "speech_train", "text_train", "dev", "test_in_vocab", "test_text_only_vocab")
-TRAIN_SPLITS = ("paired_train", "speech_train", "text_train")
 # Speakers are espeak-ng voice+variant pairs; the last two voices are held out of training, heard only in dev/test.
 SPEAKERS = (
     "en-us+m1 en-us+f2 en+m3 en+f4 en-gb-x-rp+m2 en-gb-x-rp+f1 en-gb-scotland+m4 en-gb-scotland+f3 en-gb-x-gbclan+m5 "
@@ -221,9 +230,9 @@ def speak(text: str, speaker: str, rate_wpm: int, pitch: int, *, utterance_id: s
 def synthesize(job: SynthesisJob) -> int:
     """Speaks `job.text`, resamples to 16 kHz and writes int16 mono `job.wav_path`. Returns the number of samples."""
     waveform, rate = speak(job.text, job.speaker, job.rate_wpm, job.pitch, utterance_id=job.utterance_id)
-    waveform = resample(waveform, rate, SAMPLE_RATE)
+    waveform = resample(waveform, rate, SAMPLE_RATE_HZ)
     pcm = np.round(np.clip(waveform, -1.0, 32767 / 32768) * 32768).astype(np.int16)
-    soundfile.write(job.wav_path, pcm, SAMPLE_RATE, subtype="PCM_16")
+    soundfile.write(job.wav_path, pcm, SAMPLE_RATE_HZ, subtype="PCM_16")
     return int(pcm.size)
 
 
@@ -293,7 +302,7 @@ def write_split_files(
 ) -> dict[str, dict]:
     """Writes DIR/raw/<split>.jsonl and DIR/manifests/<split>.jsonl; returns per-split statistics for the summary."""
     split_stats = {}
-    (out_dir / "manifests").mkdir()
+    (out_dir / MANIFESTS_DIR).mkdir()
     for split in SPLITS:
         rows, manifest = [], []
         for job in jobs.get(split, []):
@@ -306,15 +315,15 @@ def write_split_files(
                     "audio": f"{split}/{Path(job.wav_path).name}",
                 }
             )
-            duration = sample_counts[job.utterance_id] / SAMPLE_RATE
+            duration = sample_counts[job.utterance_id] / SAMPLE_RATE_HZ
             manifest.append({"audio_filepath": job.wav_path, "text": text, "duration": duration})
         if split == "text_train":
             rows = [
                 {"id": f"{split}-{i:06d}", "speaker": "", "text": t, "audio": ""} for i, t in enumerate(texts[split])
             ]
-        write_jsonl(out_dir / "raw" / f"{split}.jsonl", rows)
+        write_jsonl(out_dir / RAW_DIR / f"{split}.jsonl", rows)
         if manifest:
-            write_jsonl(out_dir / "manifests" / f"{split}.jsonl", manifest)
+            write_jsonl(out_dir / MANIFESTS_DIR / f"{split}.jsonl", manifest)
         speakers = sorted({row["speaker"] for row in rows if row["speaker"]})
         split_stats[split] = {
             "examples": len(rows),
@@ -343,7 +352,7 @@ def train_corpus_tokenizer(spm_path: Path, texts: Mapping[str, Sequence[str]], v
 
 def cached_summary(out_dir: Path, size: str, seed: int, vocab_size: int) -> dict | None:
     """The summary of a finished build in `out_dir` with these settings, or None (summary.json is written last)."""
-    summary_path = Path(out_dir) / "summary.json"
+    summary_path = Path(out_dir) / SUMMARY_FILE
     if not summary_path.exists():
         return None
     summary = json.loads(summary_path.read_text())
@@ -362,13 +371,13 @@ def build_corpus(
         return summary
     check_espeak_installed()
     started = time.time()
-    for stale in ("raw", "tfds", "manifests", "spm", "summary.json", "vocab.json"):
+    for stale in (RAW_DIR, TFDS_DIR, MANIFESTS_DIR, TOKENIZER_DIR, SUMMARY_FILE, VOCAB_FILE):
         path = out_dir / stale
         if path.is_dir():
             shutil.rmtree(path)
         elif path.exists():
             path.unlink()
-    raw_dir = out_dir / "raw"
+    raw_dir = out_dir / RAW_DIR
     for split in AUDIO_SPLITS:
         (raw_dir / split).mkdir(parents=True)
 
@@ -388,14 +397,14 @@ def build_corpus(
         raise RuntimeError(
             f"held-out voices leaked into paired_train: {split_stats['paired_train']['held_out_speakers']}"
         )
-    checks.update(train_corpus_tokenizer(out_dir / "spm" / "spm.model", texts, vocab_size))
+    checks.update(train_corpus_tokenizer(out_dir / TOKENIZER_FILE, texts, vocab_size))
 
     # Imported here so synthesis workers never import TensorFlow.
     from maestro_jax.data import tfds_synthetic
 
-    tfds_synthetic.prepare(raw_dir, out_dir / "tfds", size)
+    tfds_synthetic.prepare(raw_dir, out_dir / TFDS_DIR, size)
 
-    (out_dir / "vocab.json").write_text(json.dumps(vocabulary.to_json(), indent=1))
+    (out_dir / VOCAB_FILE).write_text(json.dumps(vocabulary.to_json(), indent=1))
     content_words = len(vocabulary.a) - len(sentences.FUNCTION_WORDS) + len(vocabulary.b)
     summary = {
         "format": CORPUS_FORMAT,
@@ -414,7 +423,7 @@ def build_corpus(
         "checks": checks,
         "build_seconds": round(time.time() - started, 1),
     }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
     return summary
 
 
@@ -449,9 +458,17 @@ def format_summary(summary: dict) -> str:
 
 def source_fingerprint() -> str:
     """Hash of the generator sources: a cached corpus is reused only while these files are unchanged."""
+    package_dir = Path(__file__).parent.parent
     digest = hashlib.sha1()
-    for module in ("sentences.py", "synthetic.py", "tokenizer.py", "tfds_synthetic.py"):
-        digest.update((Path(__file__).parent / module).read_bytes())
+    for module in (
+        "data/sentences.py",
+        "data/synthetic.py",
+        "data/tokenizer.py",
+        "data/tfds_synthetic.py",
+        "data/corpus_layout.py",
+        "audio_constants.py",
+    ):
+        digest.update((package_dir / module).read_bytes())
     return digest.hexdigest()[:12]
 
 

@@ -19,9 +19,9 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from maestro_jax.data import audio_files, preprocessors, synthetic, tokenizer
+from maestro_jax.data import audio_files, corpus_layout, preprocessors, tokenizer
+from maestro_jax.data.corpus_layout import SPLITS as SYNTHETIC_SPLITS
 
-SYNTHETIC_SPLITS = synthetic.SPLITS
 LIBRISPEECH_SPLITS = (
     "train_clean100",
     "train_clean360",
@@ -105,12 +105,12 @@ def register_synthetic_tasks(
     `corpus_dir/spm/spm.model` unless `vocabulary` is given. Returns the task names in SYNTHETIC_SPLITS order.
     """
     corpus_dir = Path(corpus_dir)
-    tfds_dir = corpus_dir / "tfds"
+    tfds_dir = corpus_dir / corpus_layout.TFDS_DIR
     if not tfds_dir.is_dir():
         raise FileNotFoundError(
             f"no TFDS data in '{tfds_dir}'; build the corpus with `maestro-data synth --size {size} --out {corpus_dir}`"
         )
-    vocabulary = vocabulary or tokenizer.make_vocabulary(corpus_dir / "spm" / "spm.model")
+    vocabulary = vocabulary or tokenizer.make_vocabulary(corpus_dir / corpus_layout.TOKENIZER_FILE)
     version = _newest_tfds_version(tfds_dir / "maestro_synthetic" / size)
     names = []
     for split in SYNTHETIC_SPLITS:

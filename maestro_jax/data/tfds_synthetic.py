@@ -13,7 +13,8 @@ import numpy as np
 import soundfile
 import tensorflow_datasets as tfds
 
-from maestro_jax.data.synthetic import SAMPLE_RATE, SPLITS
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
+from maestro_jax.data.corpus_layout import SPLITS
 
 
 class Int16Audio(tfds.features.Audio):
@@ -58,7 +59,7 @@ class MaestroSynthetic(tfds.core.GeneratorBasedBuilder):
                     "speaker": tfds.features.Text(),
                     "text": tfds.features.Text(),
                     "audio": Int16Audio(
-                        shape=(None,), dtype=np.int16, sample_rate=SAMPLE_RATE, encoding=tfds.features.Encoding.BYTES
+                        shape=(None,), dtype=np.int16, sample_rate=SAMPLE_RATE_HZ, encoding=tfds.features.Encoding.BYTES
                     ),
                 }
             ),
@@ -79,10 +80,10 @@ class MaestroSynthetic(tfds.core.GeneratorBasedBuilder):
                 audio = np.zeros([0], np.int16)
                 if row["audio"]:
                     audio, rate = soundfile.read(Path(raw_dir) / row["audio"], dtype="int16")
-                    if rate != SAMPLE_RATE or audio.ndim != 1:
+                    if rate != SAMPLE_RATE_HZ or audio.ndim != 1:
                         raise ValueError(
                             f"{row['audio']} in {jsonl} is {rate} Hz with shape {audio.shape}; "
-                            f"expected mono {SAMPLE_RATE} Hz (rebuild with `maestro-data synth --force`)"
+                            f"expected mono {SAMPLE_RATE_HZ} Hz (rebuild with `maestro-data synth --force`)"
                         )
                 yield row["id"], {"id": row["id"], "speaker": row["speaker"], "text": row["text"], "audio": audio}
 

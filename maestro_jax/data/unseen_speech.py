@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import soundfile
 
+from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.data import audio_files, sentences, synthetic
 
 SENTENCES = (
@@ -65,8 +66,8 @@ def write_unseen_manifest(out_dir: Path) -> Path:
         native = np.clip(native, -1.0, 32767 / 32768)  # PCM_16 wraps values outside [-1, 1)
         stereo = np.stack([gain * native for gain in STEREO_GAINS], axis=1)
         soundfile.write(out_dir / f"{name}_22k_stereo.wav", stereo, native_rate, subtype="PCM_16")
-        mono16 = np.clip(audio_files.resample(native, native_rate, audio_files.TARGET_SAMPLE_RATE), -1.0, 32767 / 32768)
-        soundfile.write(out_dir / f"{name}_16k.wav", mono16, audio_files.TARGET_SAMPLE_RATE, subtype="PCM_16")
+        mono16 = np.clip(audio_files.resample(native, native_rate, SAMPLE_RATE_HZ), -1.0, 32767 / 32768)
+        soundfile.write(out_dir / f"{name}_16k.wav", mono16, SAMPLE_RATE_HZ, subtype="PCM_16")
         for suffix in ("22k_stereo", "16k"):
             rows.append({"audio_filepath": f"{name}_{suffix}.wav", "text": text, "speaker": speaker})
     manifest.write_text("".join(json.dumps(row) + "\n" for row in rows))

@@ -7,15 +7,13 @@ which the trainer carries unchanged (only "params" is optimised).
 """
 
 import os
-import re
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
+from maestro_jax import checkpoints
 from maestro_jax.models.sonar_text import PAD_ID, UNK_ID, teacher_forcing_pair
 from maestro_jax.objectives.common import call, masked_mean
 
@@ -218,10 +216,6 @@ def sonar_speech(
     return metrics["loss"], metrics
 
 
-def _step_directories(path: str) -> dict[int, str]:
-    return {int(name): os.path.join(path, name) for name in os.listdir(path) if re.fullmatch(r"\d+", name)}
-
-
 def load_sonar_teacher(checkpoint: str, *, step: int | None = None, item: str = "state", use_ema: bool = False) -> dict:
     """Stage-1 SonarTextModel params (numpy pytree) from an Orbax checkpoint written by maestro_jax.checkpoints.
 
@@ -238,19 +232,13 @@ def load_sonar_teacher(checkpoint: str, *, step: int | None = None, item: str = 
     directory = checkpoint
     if os.path.isdir(os.path.join(directory, "checkpoints")):
         directory = os.path.join(directory, "checkpoints")
-    steps = _step_directories(directory)
-    if steps:
-        if step is not None and step not in steps:
-            raise FileNotFoundError(f"SONAR teacher checkpoint {checkpoint!r} has steps {sorted(steps)}, not {step}.")
-        directory = steps[max(steps) if step is None else step]
+    if checkpoints.checkpoint_steps(directory):
+        step = checkpoints.find_step(directory, step, step_option="init_teacher_from_checkpoint.step")
+        directory = os.path.join(directory, str(step))
     if os.path.isdir(os.path.join(directory, item)):
         directory = os.path.join(directory, item)
-    checkpointer = ocp.PyTreeCheckpointer()
-    metadata = checkpointer.metadata(directory)
-    tree_metadata = metadata.item_metadata.tree if hasattr(metadata, "item_metadata") else metadata
-    # numpy restore: the teacher may come from a mesh this process does not have.
-    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree_metadata)
-    tree = checkpointer.restore(directory, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+    # Host NumPy restore: the teacher may come from a mesh this process does not have.
+    tree = checkpoints.restore_pytree(directory)
     key = "ema_params" if use_ema else "params"
     if isinstance(tree, dict) and tree.get(key) is not None:
         return tree[key]

@@ -1,0 +1,138 @@
+"""Inference with a trained SpeechTextModel: audio -> tokens (the decoder dispatch), and rebuilding a model from a
+training run's directory. Evaluation (evaluation.py) and export (export.py) both transcribe through this module.
+"""
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import gin
+import jax
+import jax.numpy as jnp
+
+import maestro_jax
+from maestro_jax import checkpoints, decoding
+from maestro_jax.data import corpus_layout
+from maestro_jax.models import make_model
+
+DECODERS = ("rnnt_greedy", "rnnt_beam", "ctc_greedy")
+
+
+def encode_for_decoding(model, variables, waveform: jax.Array, waveform_length: jax.Array):
+    """waveform f32[B, N] -> (shared-tower output h f32[B, T, D], frame_length i32[B]) in inference mode."""
+    e_s, frame_length = model.apply(variables, waveform, waveform_length, train=False, method="encode_speech")
+    return model.apply(variables, e_s, frame_length, train=False, method="shared_encode")
+
+
+def transcribe_tokens(
+    model,
+    variables,
+    waveform: jax.Array,
+    waveform_length: jax.Array,
+    *,
+    decoder: str = "rnnt_greedy",
+    beam_size: int = 4,
+    max_symbols_per_frame: int = 4,
+    max_output_length: int = 128,
+) -> tuple[jax.Array, jax.Array]:
+    """waveform f32[B, N], waveform_length i32[B] -> (tokens i32[B, L], lengths i32[B]); jit-able, pure.
+
+    decoder: "rnnt_greedy" | "rnnt_beam" (alignment-length synchronous, beam_size hypotheses) | "ctc_greedy".
+    max_output_length: L, the most tokens per utterance.
+    """
+    h, frame_length = encode_for_decoding(model, variables, waveform, waveform_length)
+    if decoder == "ctc_greedy":
+        logits = model.apply(variables, h, method="ctc_logits")
+        tokens, lengths = decoding.ctc_greedy_decode(logits, frame_length)
+        return tokens[:, :max_output_length], jnp.minimum(lengths, max_output_length)
+    enc_proj = model.apply(variables, h, method="rnnt_encoder_proj")
+    callables = (
+        lambda batch_size: model.apply(variables, batch_size, method="rnnt_predictor_init"),
+        lambda carry, token: model.apply(variables, carry, token, method="rnnt_predictor_step"),
+        model.joint_output_fn,
+        model.joint_params(variables["params"]),
+    )
+    if decoder == "rnnt_greedy":
+        tokens, lengths, _ = decoding.rnnt_greedy_decode(
+            enc_proj,
+            frame_length,
+            *callables,
+            max_symbols_per_frame=max_symbols_per_frame,
+            max_output_length=max_output_length,
+        )
+    elif decoder == "rnnt_beam":
+        tokens, lengths, _ = decoding.rnnt_beam_search(
+            enc_proj, frame_length, *callables, beam_size=beam_size, max_output_length=max_output_length
+        )
+    else:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    return tokens, lengths
+
+
+@gin.configurable
+def make_transcriber(
+    model,
+    *,
+    decoder: str = "rnnt_greedy",
+    beam_size: int = 4,
+    max_symbols_per_frame: int = 4,
+    max_output_length: int = 128,
+) -> Callable:
+    """A jitted fn(variables, waveform, waveform_length) -> (tokens, lengths) for `model` (see transcribe_tokens)."""
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    return jax.jit(
+        functools.partial(
+            transcribe_tokens,
+            model,
+            decoder=decoder,
+            beam_size=beam_size,
+            max_symbols_per_frame=max_symbols_per_frame,
+            max_output_length=max_output_length,
+        )
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RestoredModel:
+    """A SpeechTextModel rebuilt from a model directory's operative config, with inference variables.
+
+    variables: {"params": params or EMA params, **model_state} on one device. step: the checkpoint step.
+    config_text: the operative gin config saved with that checkpoint.
+    """
+
+    model: Any
+    variables: dict
+    step: int
+    config_text: str
+
+
+def apply_operative_config(config_text: str) -> None:
+    """Replaces the global gin config by `config_text` (an operative config written by training or an export)."""
+    maestro_jax.register_configurables()
+    with gin.unlock_config():
+        gin.clear_config()
+        gin.parse_config(config_text)
+
+
+def load_model_dir(
+    model_dir: str, *, checkpoint_step: int | None = None, use_ema: bool = False, device: jax.Device | None = None
+) -> RestoredModel:
+    """Rebuilds the model of a training run from the operative config saved with its checkpoint (gin) and restores
+    its inference variables (`checkpoints.restore_inference_variables`). Leaves that config as the global gin config."""
+    checkpoint_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    step = checkpoints.find_step(checkpoint_dir, checkpoint_step)
+    config_text = checkpoints.restore_operative_config(checkpoint_dir, step)
+    apply_operative_config(config_text)
+    variables = checkpoints.restore_inference_variables(checkpoint_dir, step, use_ema=use_ema, device=device)
+    return RestoredModel(model=make_model(), variables=variables, step=step, config_text=config_text)
+
+
+def tokenizer_of_config() -> str:
+    """The sentencepiece model of the synthetic corpus named by the current gin config."""
+    from maestro_jax.data import pipeline
+
+    corpus_dir, _ = pipeline.synthetic_corpus()
+    return os.path.join(corpus_dir, corpus_layout.TOKENIZER_FILE)
