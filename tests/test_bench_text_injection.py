@@ -1,13 +1,17 @@
-"""bench/text_injection.py: the text-only-word recall and table against hand counts, and one end-to-end run of the
-paired-only and SONAR chains on the tiny model and corpus (two processes pinned to their own cores), then a rerun
-that resumes from the finished stages."""
+"""bench/text_injection.py: the text-only-word recall, logged training time and table against hand counts, and one
+end-to-end run of the paired-only and SONAR chains on the tiny model and corpus (two processes pinned to their own
+cores) whose results are rescored from the stages' run directories, then a rerun that resumes from the finished
+stages."""
 
 import importlib.util
+import json
 import math
 import os
 
+import gin
 import pytest
 
+from maestro_jax import evaluation, metrics
 from maestro_jax.data import synthetic
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,6 +56,17 @@ def test_table_reports_relative_change_against_paired_only():
     assert "| SONAR | 5 / 10 | 2.0 | test_in_vocab 2.0 % / test_text_only_vocab 10.0 % |" in table
 
 
+def test_logged_train_seconds_sums_logged_intervals_up_to_the_step(tmp_path):
+    rows = [
+        {"step": 2, "steps_per_second": 4.0},  # steps 1-2: 0.5 s
+        {"step": 3, "eval/wer": 0.5},  # an eval row has no rate
+        {"step": 5, "steps_per_second": 1.5},  # steps 3-5: 2 s
+        {"step": 6, "steps_per_second": 0.5},  # after the step asked for
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert text_injection.logged_train_seconds(str(tmp_path), 5) == pytest.approx(2.5)
+
+
 def test_core_sets_are_disjoint_when_there_are_enough_cores():
     sets = text_injection.core_sets(2)
     if len(os.sched_getaffinity(0)) >= 2:
@@ -84,14 +99,34 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
     ]
     results = text_injection.load_results(str(tmp_path))
     assert set(results) == {"supervised", "sonar_text", "sonar_speech"}
-    assert results["supervised"]["steps"] == 2 and results["supervised"]["train_seconds"] > 0
-    assert set(results["supervised"]["metrics"]) == set(text_injection.SPLITS)
-    assert results["supervised"]["metrics"]["test_text_only_vocab"]["num_utterances"] == 16
-    assert results["supervised"]["text_only_words"]["num_words"] > 0
+    # The results are those of the stage's own run directory: its metrics.jsonl, hypotheses and checkpoint.
+    supervised = results["supervised"]
+    model_dir = str(tmp_path / "supervised")
+    assert supervised["train_seconds"] == text_injection.logged_train_seconds(model_dir, 2) > 0
+    rows = metrics.read_jsonl(os.path.join(model_dir, "hypotheses.jsonl"))
     for split in text_injection.SPLITS:
-        assert 0.0 <= results["sonar_speech"]["metrics"][split]["retrieval_error"] <= 1.0
-    table = (tmp_path / "table.md").read_text()
-    assert "| supervised | 2 |" in table and "| SONAR | 2 / 2 |" in table
+        split_rows = [row for row in rows if row["source"] == split]
+        scored = supervised["metrics"][split]
+        rescored = evaluation.error_rates([r["reference"] for r in split_rows], [r["hypothesis"] for r in split_rows])
+        assert len(split_rows) == scored["num_utterances"] == 16
+        assert (scored["wer"], scored["cer"]) == (rescored["wer"], rescored["cer"])
+    text_only_rows = [
+        {k: evaluation.normalize_transcript(row[k]) for k in ("reference", "hypothesis")}
+        for row in rows
+        if row["source"] == "test_text_only_vocab"
+    ]
+    vocabulary = json.loads((corpus_dir / "vocab.json").read_text())
+    recall = text_injection.text_only_word_recall(text_only_rows, set(vocabulary["B"]))
+    assert recall["num_words"] > 0 and supervised["text_only_words"] == recall
+    try:
+        rescored = evaluation.retrieval_errors(
+            model_dir=str(tmp_path / "sonar_speech"), splits=["test_in_vocab"], checkpoint_step=2, progress=False
+        )
+    finally:
+        with gin.unlock_config():
+            gin.clear_config()
+    assert results["sonar_speech"]["metrics"]["test_in_vocab"] == rescored["test_in_vocab"]
+    assert (tmp_path / "table.md").read_text() == text_injection.format_table(results) + "\n"
     capsys.readouterr()
     assert text_injection.main(argv) == 0
     out = capsys.readouterr().out

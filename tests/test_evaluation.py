@@ -95,19 +95,23 @@ def test_error_rates_match_brute_force_edit_distance():
     assert word_errors == 4  # 2 deletions + 1 substitution + 1 insertion
 
 
+def assert_trees_equal(got, want):
+    """Same tree structure and every leaf equal; a mismatch names the leaf's path."""
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    jax.tree_util.tree_map_with_path(
+        lambda path, a, b: np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path)), got, want
+    )
+
+
 def test_restore_picks_step_and_ema_without_optimizer(run):
     model_dir, states, _ = run
     checkpoint_dir = os.path.join(model_dir, "checkpoints")
     restored = evaluation.load_model_dir(model_dir)
     assert restored.step == 2
     assert "make_model" in restored.config_text
-    np.testing.assert_array_equal(
-        jax.tree.leaves(restored.variables["params"])[0], jax.tree.leaves(states[2].params)[0]
-    )
-    assert set(restored.variables) == {"params", *states[2].model_state}
+    assert_trees_equal(restored.variables, {"params": states[2].params, **states[2].model_state})
     first_ema = checkpoints.restore_inference_variables(checkpoint_dir, 1, use_ema=True)
-    for got, want in zip(jax.tree.leaves(first_ema["params"]), jax.tree.leaves(states[1].ema_params)):
-        np.testing.assert_array_equal(got, want)
+    assert_trees_equal(first_ema, {"params": states[1].ema_params, **states[1].model_state})
     with pytest.raises(FileNotFoundError, match=r"steps \[1, 2\], not 7; change --checkpoint_step"):
         evaluation.load_model_dir(model_dir, checkpoint_step=7)
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import sentencepiece
 from test_evaluation import write_tiny_checkpoints
 
 from maestro_jax import evaluation, export, sonar_eval
@@ -94,23 +95,39 @@ import json, sys
 import numpy as np
 from maestro_jax import export
 model = export.load(sys.argv[1])
-waveform = np.zeros((2, 16000), np.float32)
-waveform[0] = 0.1 * np.sin(np.arange(16000) / 5.0)
-texts = model.transcribe(waveform, np.array([16000, 8000]))
-embedding = model.embed(waveform, np.array([16000, 8000]))
+with np.load(sys.argv[2]) as inputs:
+    waveform, lengths = inputs["waveform"], inputs["lengths"]
+tokens, token_length = model.transcribe_tokens(waveform, lengths)
+texts = model.transcribe(waveform, lengths)
+embedding = model.embed(waveform, lengths)
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in ("gin", "seqio", "tensorflow", "tensorflow_datasets")
                or m in ("maestro_jax.train", "maestro_jax.trainer", "maestro_jax.evaluation", "maestro_jax.models",
                         "maestro_jax.data", "maestro_jax.objectives"))
-print(json.dumps({"texts": texts, "embedding_shape": list(embedding.shape), "heavy": heavy}))
+print(json.dumps({"texts": texts, "tokens": [row[:n].tolist() for row, n in zip(tokens, token_length)],
+                  "embedding": embedding.tolist(), "heavy": heavy}))
 """
 
 
-def test_loader_runs_without_gin_seqio_tensorflow_or_training_code(exported):
+def test_loader_runs_without_gin_seqio_tensorflow_or_training_code(exported, tmp_path):
+    model_dir, _, _, latest = exported
+    # Noise, not a tone or silence: their floor-dominated log-mels make a random model's embedding ill-conditioned.
+    waveform = (0.1 * np.random.default_rng(1).standard_normal((2, 16000))).astype(np.float32)
+    lengths = np.array([16000, 8000], np.int32)
+    waveform[1, 8000:] = 0.0
+    np.savez(tmp_path / "inputs.npz", waveform=waveform, lengths=lengths)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
-    done = subprocess.run(
-        [sys.executable, "-c", LOADER_SCRIPT, exported[3]], capture_output=True, text=True, env=env, check=True
-    )
+    command = [sys.executable, "-c", LOADER_SCRIPT, latest, str(tmp_path / "inputs.npz")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert report["heavy"] == []
-    assert len(report["texts"]) == 2 and all(isinstance(t, str) for t in report["texts"])
-    assert report["embedding_shape"] == [2, export.load(exported[3]).metadata["embedding_dim"]]
+    # The same tokens, text and embeddings as the in-framework model of the run on the same audio.
+    restored = evaluation.load_model_dir(model_dir)
+    want_tokens, want_lengths = evaluation.make_transcriber(restored.model)(
+        restored.variables, jnp.asarray(waveform), jnp.asarray(lengths)
+    )
+    want_tokens = evaluation.token_lists(want_tokens, want_lengths)
+    assert report["tokens"] == want_tokens and all(want_tokens), "a random model should emit tokens here"
+    processor = sentencepiece.SentencePieceProcessor(model_file=evaluation.tokenizer_of_config())
+    assert report["texts"] == [processor.decode(ids) for ids in want_tokens]
+    want_embedding = sonar_eval.embed_speech(restored.model, restored.variables, jnp.asarray(waveform), lengths)
+    np.testing.assert_allclose(report["embedding"], want_embedding, rtol=1e-4, atol=1e-5)

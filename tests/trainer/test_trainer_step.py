@@ -100,15 +100,21 @@ def test_cosine_schedule_warms_up_then_decays_to_floor():
 
 
 def test_optimizer_clips_global_norm():
-    optimizer = trainer.make_optimizer(learning_rate=1.0, name="adam", eps=1e-9, max_grad_norm=1.0)
-    params = {"w": jnp.zeros(4)}
-    grads = {"w": jnp.full(4, 10.0)}
-    state = optimizer.init(params)
-    clipped, _ = optax.clip_by_global_norm(1.0).update(grads, optax.EmptyState())
-    np.testing.assert_allclose(optax.global_norm(clipped), 1.0, rtol=1e-6)
-    updates, _ = optimizer.update(grads, state, params)
-    reference, _ = optax.adam(1.0, b2=0.98, eps=1e-9).update(clipped, optax.adam(1.0).init(params), params)
-    np.testing.assert_allclose(updates["w"], reference["w"], rtol=1e-6)
+    # Adam's first update is -lr * g / (|g| + eps) per coordinate (its bias-corrected moments are g and g**2); with
+    # eps as large as |g| it depends on the gradient's size, so clipping shows. g = [3, 4, 0] has norm 5 -> [.6, .8, 0].
+    params = {"w": jnp.zeros(3)}
+    gradient = np.array([3.0, 4.0, 0.0])
+    grads = {"w": jnp.asarray(gradient)}
+    clipped = np.array([0.6, 0.8, 0.0])
+    expected = -clipped / (np.abs(clipped) + 1.0)
+    unclipped = -gradient / (np.abs(gradient) + 1.0)
+    optimizer = trainer.make_optimizer(learning_rate=1.0, name="adam", eps=1.0, max_grad_norm=1.0)
+    updates, _ = optimizer.update(grads, optimizer.init(params), params)
+    np.testing.assert_allclose(updates["w"], expected, rtol=1e-6)
+    assert np.abs(expected - unclipped).max() > 0.3
+    no_clipping = trainer.make_optimizer(learning_rate=1.0, name="adam", eps=1.0, max_grad_norm=None)
+    updates, _ = no_clipping.update(grads, no_clipping.init(params), params)
+    np.testing.assert_allclose(updates["w"], unclipped, rtol=1e-6)
 
 
 def test_compile_ahead_of_time_reports_flops_and_bytes():

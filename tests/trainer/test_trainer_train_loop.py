@@ -1,6 +1,7 @@
 """The training loop in-process on 8 simulated devices: mesh equivalence, NaN guard, restore on fewer devices."""
 
 import functools
+import glob
 import os
 
 import jax
@@ -30,6 +31,18 @@ def run(model_dir, mesh, *, steps=STEPS, make_data=toy.ToyBatcher, **kwargs):
     return state, np.asarray(losses)
 
 
+def read_tensorboard(log_dir) -> dict[str, list[tuple[int, np.ndarray]]]:
+    """{tag: [(step, value), ...] in the order written} of every summary in log_dir's event files."""
+    import tensorflow as tf
+
+    logged = {}
+    for path in sorted(glob.glob(os.path.join(log_dir, "events.out.tfevents.*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                logged.setdefault(value.tag, []).append((event.step, tf.make_ndarray(value.tensor)))
+    return logged
+
+
 @pytest.fixture(scope="module")
 def single_device_run(tmp_path_factory):
     model_dir = tmp_path_factory.mktemp("one_device")
@@ -53,9 +66,15 @@ def test_run_writes_metrics_config_plot_and_checkpoints(single_device_run):
     assert [row["step"] for row in rows] == list(range(1, STEPS + 1))
     assert {"loss", "mse", "grad_norm", "learning_rate", "steps_per_second", "mfu", "skipped_steps"} <= set(rows[0])
     np.testing.assert_allclose([row["learning_rate"] for row in rows[:3]], [0.01, 0.02, 0.02 * np.sqrt(2 / 3)], 1e-5)
-    assert os.listdir(os.path.join(model_dir, "tensorboard"))
+    logged = read_tensorboard(os.path.join(model_dir, "tensorboard"))
+    with open(os.path.join(model_dir, "operative_config.gin")) as f:
+        assert [(step, value.item().decode()) for step, value in logged.pop("operative_config")] == [(0, f.read())]
+    # TensorBoard holds exactly the scalars of metrics.jsonl, at the same steps.
+    assert set(logged) == set(rows[0]) - {"step"}
+    for tag, points in logged.items():
+        assert [step for step, _ in points] == [row["step"] for row in rows], tag
+        np.testing.assert_allclose([value for _, value in points], [row[tag] for row in rows], rtol=1e-6, err_msg=tag)
     assert os.path.getsize(os.path.join(model_dir, "loss_curves.png")) > 1000
-    assert os.path.exists(os.path.join(model_dir, "operative_config.gin"))
     assert sorted(checkpoints.Checkpointer(os.path.join(model_dir, "checkpoints")).all_steps()) == [2, 4, 5]
 
 
