@@ -17,7 +17,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from maestro_jax.models.sonar_text import PAD_ID, UNK_ID, teacher_forcing_pair
-from maestro_jax.objectives.common import call, masked_mean
+from maestro_jax.objectives.common import bound, masked_mean
 
 TEACHER_COLLECTION = "teacher"
 
@@ -105,15 +105,8 @@ def sonar_text(
                 shuffle_window=shuffle_window,
             )
     decoder_inputs, targets, target_mask = teacher_forcing_pair(target_tokens, target_length)
-    _, logits = call(
-        model,
-        variables,
-        "embed_and_decode",
-        tokens,
-        token_length,
-        decoder_inputs,
-        train=train,
-        rng=dropout_rng if train else None,
+    _, logits = bound(model, variables, dropout_rng if train else None).embed_and_decode(
+        tokens, token_length, decoder_inputs, train=train
     )
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (jnp.argmax(logits, axis=-1) == targets) | ~target_mask
@@ -152,13 +145,8 @@ def teacher_sentence_embedding(teacher_model, variables: dict, features: dict) -
                 "; bind sonar_speech.teacher_model = @SonarTextModel() and add the stage-1 params with "
                 "init_teacher_from_checkpoint / add_teacher, or precompute teacher_embedding in the data."
             )
-        embedding = teacher_model.apply(
-            {"params": variables[TEACHER_COLLECTION]},
-            features["tokens"],
-            features["token_length"],
-            train=False,
-            method="embed",
-        )
+        teacher = bound(teacher_model, {"params": variables[TEACHER_COLLECTION]})
+        embedding = teacher.embed(features["tokens"], features["token_length"], train=False)
     return jax.lax.stop_gradient(embedding.astype(jnp.float32))
 
 
@@ -190,16 +178,10 @@ def sonar_speech(
     features = batch[stream]
     student_variables = {name: value for name, value in variables.items() if name != TEACHER_COLLECTION}
     speech_rng, pool_rng = jax.random.split(rng) if train else (None, None)
-    hidden, frame_length = call(
-        model,
-        student_variables,
-        "encode_speech",
-        features["waveform"],
-        features["waveform_length"],
-        train=train,
-        rng=speech_rng,
+    hidden, frame_length = bound(model, student_variables, speech_rng).encode_speech(
+        features["waveform"], features["waveform_length"], train=train
     )
-    student = call(model, student_variables, "pool", hidden, frame_length, train=train, rng=pool_rng)
+    student = bound(model, student_variables, pool_rng).pool(hidden, frame_length, train=train)
     student = student.astype(jnp.float32)
     teacher = teacher_sentence_embedding(teacher_model, variables, features)
     if student.shape != teacher.shape:
