@@ -79,8 +79,9 @@ def sonar_text(
     Reads batch[stream]["tokens"] i32[B, U] / ["token_length"]. Without "target_tokens" the input is noised
     (`add_text_noise`; no noise when `train` is False) and the decoder predicts the clean sentence + eos. With
     "target_tokens" i32[B, U'] / "target_token_length" the clean input is encoded and the target predicted
-    (translation). Teacher forcing; token-level cross entropy in fp32 averaged over all scored tokens (eos included).
-    `step` is unused (kept for the objective contract). Metrics: loss, token_accuracy, sentence_accuracy, num_tokens.
+    (translation). Teacher forcing; token-level cross entropy in fp32 averaged over all scored tokens (eos included);
+    rows with an empty target are padding and score nothing. `step` is unused (kept for the objective contract).
+    Metrics: loss, token_accuracy, sentence_accuracy, num_tokens.
     """
     del step
     if stream not in batch:
@@ -105,12 +106,13 @@ def sonar_text(
                 shuffle_window=shuffle_window,
             )
     decoder_inputs, targets, target_mask = teacher_forcing_pair(target_tokens, target_length)
+    has_target = target_length > 0
+    target_mask = target_mask & has_target[:, None]  # teacher_forcing_pair scores an eos even for padding rows
     _, logits = bound(model, variables, dropout_rng if train else None).embed_and_decode(
         tokens, token_length, decoder_inputs, train=train
     )
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (jnp.argmax(logits, axis=-1) == targets) | ~target_mask
-    has_target = target_length > 0
     metrics = {
         "loss": masked_mean(token_loss, target_mask),
         "token_accuracy": masked_mean(correct, target_mask),
