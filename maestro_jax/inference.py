@@ -16,6 +16,7 @@ import maestro_jax
 from maestro_jax import checkpoints, decoding
 from maestro_jax.data import corpus_layout
 from maestro_jax.models import make_model
+from maestro_jax.objectives import renamed
 
 DECODERS = ("rnnt_greedy", "rnnt_beam", "ctc_greedy")
 
@@ -110,11 +111,12 @@ class RestoredModel:
 
 
 def apply_operative_config(config_text: str) -> None:
-    """Replaces the global gin config by `config_text` (an operative config written by training or an export)."""
+    """Replaces the global gin config by `config_text` (an operative config written by training or an export);
+    bindings of objective parameters that moved to a shared owner since it was written are renamed first."""
     maestro_jax.register_configurables()
     with gin.unlock_config():
         gin.clear_config()
-        gin.parse_config(config_text)
+        gin.parse_config(renamed.upgrade_bindings(config_text))
 
 
 def load_model_dir(

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import sentencepiece as spm
 
-from maestro_jax.objectives.common import call
+from maestro_jax.objectives.common import bound
 from maestro_jax.objectives.sonar import TEACHER_COLLECTION
 
 
@@ -61,8 +61,9 @@ def retrieval_error(
 def embed_speech(model, variables: dict, waveform: jax.Array, waveform_length: jax.Array) -> jax.Array:
     """Pooled speech embeddings f32[B, E] from a SpeechTextModel: encode_speech (eval mode) then pool."""
     student_variables = {name: value for name, value in variables.items() if name != TEACHER_COLLECTION}
-    hidden, frame_length = call(model, student_variables, "encode_speech", waveform, waveform_length, train=False)
-    return call(model, student_variables, "pool", hidden, frame_length).astype(jnp.float32)
+    student = bound(model, student_variables)
+    hidden, frame_length = student.encode_speech(waveform, waveform_length, train=False)
+    return student.pool(hidden, frame_length).astype(jnp.float32)
 
 
 def zero_shot_transcribe(

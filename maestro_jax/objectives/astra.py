@@ -17,7 +17,8 @@ Text-only stream y, at token rate (no upsampling):
 Speech-only stream: L_bestrq.
 
     L = w_bestrq L_bestrq + a_p (w_rnnt L_rnnt + w_cons L_cons) + a_t w_text L_text
-with the curriculum a_p = [step >= paired_start_step], a_t = [step >= text_start_step].
+with the curriculum a_p = [step >= paired_start_step], a_t = [step >= text_start_step]; w_bestrq, the curriculum,
+BEST-RQ's masking and the optional CTC term are MAESTRO's and ASTRA's shared settings (common.TextInjection).
 """
 
 import gin
@@ -26,17 +27,21 @@ import jax.numpy as jnp
 
 from maestro_jax.layers.common import frame_mask
 from maestro_jax.losses.alignment import reduce_to_token_rate, rnnt_arc_posteriors
-from maestro_jax.losses.rnnt import rnnt_log_probs_fused
 from maestro_jax.models.bestrq import span_mask
 from maestro_jax.objectives.common import (
+    PairedEncoding,
+    Terms,
+    TextInjection,
     best_path_emit_frames,
-    call,
+    bound,
     combine_stream_terms,
+    lattice_log_probs,
     masked_mean,
     per_token,
     supervised_speech_terms,
     transducer_nll,
 )
+from maestro_jax.objectives.transducer import TransducerLoss
 
 
 def vector_distance(a: jax.Array, b: jax.Array, kind: str) -> jax.Array:
@@ -48,60 +53,63 @@ def vector_distance(a: jax.Array, b: jax.Array, kind: str) -> jax.Array:
     raise ValueError(f"unknown consistency distance {kind!r}; set astra.distance to 'l1' or 'mse'.")
 
 
-def consistency_terms(model, variables, stream, aux, rng, *, consistency: str, aligner: str, distance: str, chunk_size):
-    """(L_cons, metrics) tying speech-tower frames to token-rate text-tower vectors (see the module docstring)."""
+def consistency_terms(
+    model,
+    variables,
+    stream,
+    encoding: PairedEncoding,
+    rng,
+    *,
+    consistency: str,
+    aligner: str,
+    distance: str,
+    chunk_size: int,
+) -> Terms:
+    """L_cons tying speech-tower frames to token-rate text-tower vectors (see the module docstring)."""
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_s, frame_length = aux["e_s"], aux["frame_length"]
-    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng)
+    e_s, frame_length = encoding.e_s, encoding.frame_length
+    e_t, _ = bound(model, variables, rng).encode_text(tokens, token_length, train=True)
     token_mask = frame_mask(token_length, tokens.shape[1])
     if consistency == "soft":
-        log_probs = rnnt_log_probs_fused(
-            model.joint_output_fn,
-            jax.lax.stop_gradient(model.joint_params(variables["params"])),
-            jax.lax.stop_gradient(aux["enc_proj"]),
-            jax.lax.stop_gradient(aux["pred_proj"]),
-            tokens,
-            chunk_size=chunk_size,
-        )
+        log_probs = lattice_log_probs(model, variables, encoding, tokens, chunk_size=chunk_size)
         posteriors = rnnt_arc_posteriors(log_probs, tokens, jnp.maximum(frame_length, 1), token_length)
         posteriors = jax.lax.stop_gradient(posteriors) * token_mask[:, None, :]
         expected = jnp.sum(posteriors * vector_distance(e_s[:, :, None, :], e_t[:, None, :, :], distance))
         loss = expected / jnp.maximum(jnp.sum(token_mask), 1).astype(jnp.float32)
     elif consistency == "hard":
         emit_frames = best_path_emit_frames(
-            model,
-            variables,
-            aligner,
-            aux["h"],
-            frame_length,
-            aux["enc_proj"],
-            aux["pred_proj"],
-            tokens,
-            token_length,
-            chunk_size=chunk_size,
+            model, variables, aligner, encoding, tokens, token_length, chunk_size=chunk_size
         )
         reduced = reduce_to_token_rate(e_s, emit_frames, token_length)
         loss = masked_mean(vector_distance(reduced, e_t, distance), token_mask)
     else:
         raise ValueError(f"unknown consistency {consistency!r}; set astra.consistency to 'soft' or 'hard'.")
-    return loss, {"consistency_loss": loss}
+    return Terms(loss, {"consistency_loss": loss})
 
 
 def token_rate_text_terms(
-    model, variables, stream, rng, *, mask_prob: float, mask_span: int, chunk_size: int, step=None
-):
-    """(L_text, metrics): unspoken text -> text tower (token rate) -> span mask -> shared tower -> RNN-T."""
+    model,
+    variables,
+    stream,
+    rng,
+    *,
+    mask_prob: float,
+    mask_span: int,
+    loss: TransducerLoss | None = None,
+    step=None,
+) -> Terms:
+    """L_text: unspoken text -> text tower (token rate) -> span mask -> shared tower -> RNN-T."""
     rng_text, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 4)
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng_text)
+    e_t, _ = bound(model, variables, rng_text).encode_text(tokens, token_length, train=True)
     masked = span_mask(rng_mask, token_length, tokens.shape[1], mask_prob=mask_prob, span=mask_span)
     e_t = jnp.where(masked[..., None], 0.0, e_t)
-    h, _ = call(model, variables, "shared_encode", e_t, token_length, train=True, rng=rng_shared)
+    h, _ = bound(model, variables, rng_shared).shared_encode(e_t, token_length, train=True)
     nll, valid, _, _ = transducer_nll(
-        model, variables, h, token_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size, step=step
+        model, variables, h, token_length, tokens, token_length, rng=rng_pred, step=step, loss=loss
     )
-    loss = per_token(nll, valid, token_length)
-    return loss, {"text_rnnt_loss": loss}
+    text_loss = per_token(nll, valid, token_length)
+    return Terms(text_loss, {"text_rnnt_loss": text_loss})
 
 
 @gin.configurable
@@ -112,71 +120,55 @@ def astra(
     rng,
     step,
     *,
+    shared: TextInjection | None = None,
     rnnt_weight: float = 1.0,
     consistency_weight: float = 1.0,
     text_weight: float = 1.0,
-    bestrq_weight: float = 1.0,
-    ctc_weight: float = 0.0,
-    paired_start_step: int = 0,
-    text_start_step: int = 0,
     consistency: str = "soft",
     aligner: str = "rnnt",
     distance: str = "l1",
     text_mask_prob: float = 0.0,
     text_mask_span: int = 2,
-    bestrq_mask_prob: float = 0.01,
-    bestrq_mask_span: int = 10,
-    chunk_size: int = 16,
 ):
     """ASTRA loss and metrics over whichever of batch["paired"], ["text"], ["speech"] are present.
 
-    consistency: "soft" (arc-posterior-weighted, the default) or "hard" (best path; aligner "rnnt" | "ctc", CTC needs
-    ctc_weight > 0). distance: "l1" | "mse". text_mask_*: span masking of token-rate text (probability a token starts a
-    span, span in tokens). Other arguments as in `maestro`.
+    shared: the curriculum, BEST-RQ and CTC settings ASTRA shares with MAESTRO (default `TextInjection()` as bound in
+    gin). consistency: "soft" (arc-posterior-weighted, the default) or "hard" (best path; aligner "rnnt" | "ctc", CTC
+    needs TextInjection.ctc_weight > 0). distance: "l1" | "mse". text_mask_*: span masking of token-rate text
+    (probability a token starts a span, span in tokens). Weights as in the module docstring.
     """
+    shared = TextInjection() if shared is None else shared
+    transducer = TransducerLoss()
 
     def paired_fn(stream, stream_rng):
         rng_asr, rng_cons = jax.random.split(stream_rng)
-        asr_loss, asr_metrics, aux = supervised_speech_terms(
-            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size, step=step
+        asr = supervised_speech_terms(
+            model, variables, stream, rng_asr, ctc_weight=shared.ctc_weight, loss=transducer, step=step
         )
-        consistency_loss, consistency_metrics = consistency_terms(
+        cons = consistency_terms(
             model,
             variables,
             stream,
-            aux,
+            asr.encoding,
             rng_cons,
             consistency=consistency,
             aligner=aligner,
             distance=distance,
-            chunk_size=chunk_size,
+            chunk_size=transducer.chunk_size,
         )
-        return rnnt_weight * asr_loss + consistency_weight * consistency_loss, {**asr_metrics, **consistency_metrics}
+        return Terms(rnnt_weight * asr.loss + consistency_weight * cons.loss, {**asr.metrics, **cons.metrics})
 
     def text_fn(stream, stream_rng):
-        text_loss, text_metrics = token_rate_text_terms(
+        text = token_rate_text_terms(
             model,
             variables,
             stream,
             stream_rng,
             mask_prob=text_mask_prob,
             mask_span=text_mask_span,
-            chunk_size=chunk_size,
+            loss=transducer,
             step=step,
         )
-        return text_weight * text_loss, text_metrics
+        return Terms(text_weight * text.loss, text.metrics)
 
-    return combine_stream_terms(
-        model,
-        variables,
-        batch,
-        rng,
-        step,
-        paired_fn=paired_fn,
-        text_fn=text_fn,
-        paired_start_step=paired_start_step,
-        text_start_step=text_start_step,
-        bestrq_weight=bestrq_weight,
-        bestrq_mask_prob=bestrq_mask_prob,
-        bestrq_mask_span=bestrq_mask_span,
-    )
+    return combine_stream_terms(model, variables, batch, rng, step, shared, paired_fn=paired_fn, text_fn=text_fn)

@@ -6,25 +6,13 @@ L = - mean over masked valid frames t of log p(labels_t | masked x)
 
 import gin
 
-from maestro_jax.objectives.common import bestrq_terms
+from maestro_jax.objectives.common import BestRQMasking, bestrq_terms
 
 
 @gin.configurable
-def bestrq(
-    model,
-    variables,
-    batch,
-    rng,
-    step,
-    *,
-    mask_prob: float = 0.01,
-    mask_span: int = 10,
-    noise_std: float = 0.1,
-):
-    """(loss, metrics) on batch["speech"]. mask_prob: chance that a valid encoder frame starts a masked span;
-    mask_span: span length in encoder frames; noise_std: std of the noise written into masked input frames."""
+def bestrq(model, variables, batch, rng, step, *, masking: BestRQMasking | None = None):
+    """(loss, metrics) on batch["speech"]. masking: span masking and noise (default `BestRQMasking()` as bound in gin,
+    the same settings MAESTRO's and ASTRA's speech stream use)."""
     del step
-    loss, metrics = bestrq_terms(
-        model, variables, batch["speech"], rng, mask_prob=mask_prob, mask_span=mask_span, noise_std=noise_std
-    )
-    return loss, {"loss": loss, **metrics}
+    terms = bestrq_terms(model, variables, batch["speech"], rng, masking)
+    return terms.loss, {"loss": terms.loss, **terms.metrics}

@@ -1,8 +1,14 @@
-"""Pieces every objective shares: calling model methods, the transducer and BEST-RQ terms, fp32 reductions.
+"""Pieces every objective shares: the bound model, the transducer, CTC and BEST-RQ terms, the settings MAESTRO and
+ASTRA share (`TextInjection`), fp32 reductions. Every `*_terms` helper returns `Terms`.
 
 Shapes: B batch, N samples, T0 10 ms frames, T encoder frames, U tokens, J joint dim, K BEST-RQ codebook size.
 """
 
+import dataclasses
+from typing import NamedTuple, TypeVar
+
+import flax.linen as nn
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -14,11 +20,76 @@ from maestro_jax.losses.rnnt import rnnt_log_probs_fused, rnnt_loss_fused
 from maestro_jax.models.bestrq import span_mask
 from maestro_jax.objectives.transducer import TransducerLoss, pruned_transducer_nll
 
+Model = TypeVar("Model", bound=nn.Module)
 
-def call(model, variables, method: str, *args, rng=None, **kwargs):
-    """model.apply(variables, *args, method=method); `rng` feeds dropout and SpecAugment when given."""
-    rngs = {"dropout": rng} if rng is not None else None
-    return model.apply(variables, *args, method=method, rngs=rngs, **kwargs)
+
+def bound(model: Model, variables, rng: jax.Array | None = None) -> Model:
+    """`model` bound to `variables`, for direct method calls: `bound(model, variables, rng).encode_speech(...)`.
+
+    rng feeds the "dropout" stream (dropout, SpecAugment) of the calls made through this binding; None = none.
+    Bind once per random call, each with its own split of the step's key: a binding derives the draws of its second
+    call from a call counter, so sharing one would change every draw but the first.
+    """
+    return model.bind(variables, rngs={"dropout": rng} if rng is not None else None)
+
+
+class PairedEncoding(NamedTuple):
+    """The paired speech terms' intermediate tensors, for terms built on top (modality matching, consistency)."""
+
+    e_s: jax.Array  # f32[B, T, D] speech-tower output
+    h: jax.Array  # f32[B, T, D] shared-tower output
+    frame_length: jax.Array  # i32[B]
+    enc_proj: jax.Array  # f32[B, T, J]
+    pred_proj: jax.Array  # f32[B, U+1, J]
+
+
+class Terms(NamedTuple):
+    """What every `*_terms` helper returns.
+
+    loss: f32[] in fp32, the helper's parts already weighted by the weights it was given (the caller weights the
+    whole). metrics: f32[] scalars to log. encoding: the paired speech tensors, from `supervised_speech_terms` only.
+    """
+
+    loss: jax.Array
+    metrics: dict[str, jax.Array]
+    encoding: PairedEncoding | None = None
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class BestRQMasking:
+    """How BEST-RQ masks untranscribed speech, in the bestrq objective and in MAESTRO's and ASTRA's speech stream.
+
+    mask_prob: probability that a valid encoder frame starts a masked span. mask_span: span length in encoder frames.
+    noise_std: std of the Gaussian noise written into the masked spans' 10 ms input frames (normalised features).
+    """
+
+    mask_prob: float = 0.01
+    mask_span: int = 10
+    noise_std: float = 0.1
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class TextInjection:
+    """What the text-injection objectives (MAESTRO, ASTRA) share; each keeps its own terms and their weights.
+
+        L = [step >= paired_start_step] L_paired + [step >= text_start_step] L_text + bestrq_weight L_bestrq
+
+    paired_start_step / text_start_step: training steps at which the paired and the text-only terms switch on
+      (curriculum; BEST-RQ on the speech-only stream is on from step 0).
+    bestrq_weight: weight of BEST-RQ on the speech-only stream (0: not computed).
+    bestrq_masking: its masking; None = `BestRQMasking()` as bound in gin (shared with the bestrq objective).
+    ctc_weight: auxiliary CTC on the paired stream's shared-tower output, relative to the paired RNN-T term
+      (rnnt_weight * (L_rnnt + ctc_weight L_ctc)); > 0 also trains the CTC head that aligner="ctc" reads.
+    The transducer loss and its chunk size are `TransducerLoss`'s, as for every objective.
+    """
+
+    paired_start_step: int = 0
+    text_start_step: int = 0
+    bestrq_weight: float = 1.0
+    bestrq_masking: BestRQMasking | None = None
+    ctc_weight: float = 0.0
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -41,7 +112,6 @@ def transducer_nll(
     token_length,
     *,
     rng=None,
-    chunk_size: int = 16,
     step=None,
     loss: TransducerLoss | None = None,
     return_parts: bool = False,
@@ -49,12 +119,12 @@ def transducer_nll(
     """RNN-T NLL of `tokens` given encoder output h f32[B, T, D] with the fused joint (no [B, T, U+1, V] kept).
 
     Returns (nll f32[B], valid bool[B], enc_proj f32[B, T, J], pred_proj f32[B, U+1, J]); invalid examples (no frames
-    or no tokens) have nll 0. `loss` (default: `TransducerLoss()` as bound in gin) picks the full or the pruned loss;
-    for "pruned", nll is its weighted simple + pruned sum at training `step` (None = after warm-up). return_parts
-    appends the per-example parts {"simple", "pruned", "pruned_feasible"} ({} for "full").
+    or no tokens) have nll 0. `loss` (default: `TransducerLoss()` as bound in gin) picks the full or the pruned loss
+    and the full loss's chunk size; for "pruned", nll is its weighted simple + pruned sum at training `step` (None =
+    after warm-up). return_parts appends the per-example parts {"simple", "pruned", "pruned_feasible"} ({} for "full").
     """
-    enc_proj = call(model, variables, "rnnt_encoder_proj", h)
-    pred_proj = call(model, variables, "rnnt_predict", tokens, token_length, train=rng is not None, rng=rng)
+    enc_proj = bound(model, variables).rnnt_encoder_proj(h)
+    pred_proj = bound(model, variables, rng).rnnt_predict(tokens, token_length, train=rng is not None)
     valid = (h_length > 0) & (token_length > 0)
     loss = TransducerLoss() if loss is None else loss
     joint_params = model.joint_params(variables["params"])
@@ -73,7 +143,7 @@ def transducer_nll(
             tokens,
             logit_lengths,
             label_lengths,
-            chunk_size=chunk_size,
+            chunk_size=loss.chunk_size,
         )
     out = (jnp.where(valid, nll, 0.0), valid, enc_proj, pred_proj)
     return (*out, parts) if return_parts else out
@@ -101,71 +171,71 @@ def durations_from_emit_frames(emit_frames: jax.Array, frame_length: jax.Array, 
     return jnp.where(valid, ends - starts, 0).astype(jnp.int32)
 
 
+def lattice_log_probs(model, variables, encoding: PairedEncoding, tokens, *, chunk_size: int):
+    """Stop-gradient (blank, label) log-probs over the full [T, U+1] lattice, for alignments and arc posteriors."""
+    return rnnt_log_probs_fused(
+        model.joint_output_fn,
+        jax.lax.stop_gradient(model.joint_params(variables["params"])),
+        jax.lax.stop_gradient(encoding.enc_proj),
+        jax.lax.stop_gradient(encoding.pred_proj),
+        tokens,
+        chunk_size=chunk_size,
+    )
+
+
 def best_path_emit_frames(
-    model, variables, aligner: str, h, h_length, enc_proj, pred_proj, tokens, token_length, *, chunk_size: int = 16
+    model, variables, aligner: str, encoding: PairedEncoding, tokens, token_length, *, chunk_size: int
 ) -> jax.Array:
     """i32[B, U] emitting frame of each token on the current model's best path (stop-gradient).
 
     aligner: "rnnt" (Viterbi through the transducer lattice) or "ctc" (forced alignment with the CTC head).
     """
-    h, enc_proj, pred_proj = jax.lax.stop_gradient((h, enc_proj, pred_proj))
+    frame_length = jnp.maximum(encoding.frame_length, 1)
     if aligner == "rnnt":
-        log_probs = rnnt_log_probs_fused(
-            model.joint_output_fn,
-            jax.lax.stop_gradient(model.joint_params(variables["params"])),
-            enc_proj,
-            pred_proj,
-            tokens,
-            chunk_size=chunk_size,
-        )
-        return rnnt_viterbi_alignment(log_probs, tokens, jnp.maximum(h_length, 1), token_length).emit_frames
+        log_probs = lattice_log_probs(model, variables, encoding, tokens, chunk_size=chunk_size)
+        return rnnt_viterbi_alignment(log_probs, tokens, frame_length, token_length).emit_frames
     if aligner == "ctc":
-        logits = jax.lax.stop_gradient(call(model, variables, "ctc_logits", h))
-        return ctc_forced_alignment(logits, jnp.maximum(h_length, 1), tokens, token_length).emit_frames
+        logits = jax.lax.stop_gradient(bound(model, variables).ctc_logits(jax.lax.stop_gradient(encoding.h)))
+        return ctc_forced_alignment(logits, frame_length, tokens, token_length).emit_frames
     raise ValueError(f"unknown aligner {aligner!r}; set it to 'rnnt' or 'ctc' in the objective's gin file.")
 
 
-def ctc_term(model, variables, h, h_length, tokens, token_length):
-    """(per-token CTC loss over feasible examples, number of infeasible examples) from the CTC head."""
-    logits = call(model, variables, "ctc_logits", h)
+def ctc_terms(model, variables, h, h_length, tokens, token_length) -> Terms:
+    """Per-token CTC loss of the CTC head over feasible examples; metrics ctc_loss and ctc_infeasible (count)."""
+    logits = bound(model, variables).ctc_logits(h)
     loss, feasible = ctc_loss(logits, h_length, tokens, token_length)
     feasible = feasible & (token_length > 0)
-    return per_token(loss, feasible, token_length), jnp.sum(~feasible & (token_length > 0))
+    ctc = per_token(loss, feasible, token_length)
+    infeasible = jnp.sum(~feasible & (token_length > 0)).astype(jnp.float32)
+    return Terms(ctc, {"ctc_loss": ctc, "ctc_infeasible": infeasible})
 
 
 def encode_paired_speech(model, variables, stream, rng_speech, rng_shared):
     """A stream's waveforms -> speech tower -> shared tower in training mode: (e_s, h f32[B, T, D], frame_length)."""
-    e_s, frame_length = call(
-        model, variables, "encode_speech", stream["waveform"], stream["waveform_length"], train=True, rng=rng_speech
+    e_s, frame_length = bound(model, variables, rng_speech).encode_speech(
+        stream["waveform"], stream["waveform_length"], train=True
     )
-    h, _ = call(model, variables, "shared_encode", e_s, frame_length, train=True, rng=rng_shared)
+    h, _ = bound(model, variables, rng_shared).shared_encode(e_s, frame_length, train=True)
     return e_s, h, frame_length
 
 
-def supervised_speech_terms(model, variables, stream, rng, *, ctc_weight: float = 0.0, chunk_size: int = 16, step=None):
-    """Speech -> speech tower -> shared tower -> RNN-T (+ optional CTC) on a paired stream.
+def supervised_speech_terms(
+    model, variables, stream, rng, *, ctc_weight: float = 0.0, loss: TransducerLoss | None = None, step=None
+) -> Terms:
+    """Speech -> speech tower -> shared tower -> RNN-T (+ ctc_weight * CTC) on a paired stream.
 
-    step: training step, for the pruned transducer loss's warm-up (None = after warm-up). Returns (loss, metrics, aux)
-    with aux holding the speech-tower output e_s, the shared output h, their length and the joint projections, for
-    objectives that add terms on top.
+    loss: the transducer loss (default `TransducerLoss()` as bound in gin); step: training step, for the pruned
+    loss's warm-up (None = after warm-up). The returned encoding holds e_s, h, their length and the joint
+    projections, for objectives that add terms on top.
     """
     rng_speech, rng_shared, rng_pred = jax.random.split(rng, 3)
     e_s, h, frame_length = encode_paired_speech(model, variables, stream, rng_speech, rng_shared)
     tokens, token_length = stream["tokens"], stream["token_length"]
     nll, valid, enc_proj, pred_proj, parts = transducer_nll(
-        model,
-        variables,
-        h,
-        frame_length,
-        tokens,
-        token_length,
-        rng=rng_pred,
-        chunk_size=chunk_size,
-        step=step,
-        return_parts=True,
+        model, variables, h, frame_length, tokens, token_length, rng=rng_pred, step=step, loss=loss, return_parts=True
     )
     rnnt = per_token(nll, valid, token_length)
-    loss = rnnt
+    total = rnnt
     metrics = {"rnnt_loss": rnnt, "paired_examples": jnp.sum(valid).astype(jnp.float32)}
     if parts:  # the pruned loss: rnnt_loss above is its weighted sum
         feasible = valid & parts["pruned_feasible"]
@@ -175,46 +245,34 @@ def supervised_speech_terms(model, variables, stream, rng, *, ctc_weight: float 
             rnnt_pruned_infeasible=jnp.sum(valid & ~feasible).astype(jnp.float32),
         )
     if ctc_weight > 0:
-        ctc, infeasible = ctc_term(model, variables, h, frame_length, tokens, token_length)
-        loss = loss + ctc_weight * ctc
-        metrics.update(ctc_loss=ctc, ctc_infeasible=infeasible.astype(jnp.float32))
-    aux = dict(e_s=e_s, h=h, frame_length=frame_length, enc_proj=enc_proj, pred_proj=pred_proj)
-    return loss, metrics, aux
+        ctc = ctc_terms(model, variables, h, frame_length, tokens, token_length)
+        total = total + ctc_weight * ctc.loss
+        metrics.update(ctc.metrics)
+    return Terms(total, metrics, PairedEncoding(e_s, h, frame_length, enc_proj, pred_proj))
 
 
-def bestrq_terms(
-    model,
-    variables,
-    stream,
-    rng,
-    *,
-    mask_prob: float = 0.01,
-    mask_span: int = 10,
-    noise_std: float = 0.1,
-):
+def bestrq_terms(model, variables, stream, rng, masking: BestRQMasking | None = None) -> Terms:
     """BEST-RQ masked prediction on untranscribed speech (Chiu et al. 2022).
 
     Targets come from the frozen random-projection quantizer on the clean features. Spans of encoder frames are
-    masked by replacing their 10 ms input frames with Gaussian noise (std `noise_std`, on normalised features), and the
-    speech and shared towers predict the masked frames' codebook labels: cross-entropy over masked valid frames.
-    mask_prob: probability that a valid encoder frame starts a span; mask_span: span length in encoder frames.
-    Returns (loss, metrics).
+    masked (`masking`, default `BestRQMasking()` as bound in gin) by replacing their 10 ms input frames with Gaussian
+    noise, and the speech and shared towers predict the masked frames' codebook labels: cross-entropy over masked
+    valid frames.
     """
+    masking = BestRQMasking() if masking is None else masking
     rng_mask, rng_noise, rng_speech, rng_shared = jax.random.split(rng, 4)
     features, feature_length = frontend.log_mel_spectrogram(stream["waveform"], stream["waveform_length"])
-    labels, label_length = call(model, variables, "bestrq_targets", features, feature_length)
+    labels, label_length = bound(model, variables).bestrq_targets(features, feature_length)
     frames = labels.shape[1]
-    masked = span_mask(rng_mask, label_length, frames, mask_prob=mask_prob, span=mask_span)
+    masked = span_mask(rng_mask, label_length, frames, mask_prob=masking.mask_prob, span=masking.mask_span)
     masked_input = jnp.repeat(masked, model.config.subsampling_factor, axis=1)
     masked_input = jnp.pad(masked_input, ((0, 0), (0, features.shape[1] - masked_input.shape[1])))
     normalized = frontend.normalize_features(features, feature_length)
-    noise = noise_std * jax.random.normal(rng_noise, normalized.shape, normalized.dtype)
+    noise = masking.noise_std * jax.random.normal(rng_noise, normalized.shape, normalized.dtype)
     inputs = jnp.where(masked_input[..., None], noise, normalized)
-    e_s, frame_length = call(
-        model, variables, "encode_speech_features", inputs, feature_length, train=True, rng=rng_speech
-    )
-    h, _ = call(model, variables, "shared_encode", e_s, frame_length, train=True, rng=rng_shared)
-    logits = call(model, variables, "bestrq_logits", h).astype(jnp.float32)
+    e_s, frame_length = bound(model, variables, rng_speech).encode_speech_features(inputs, feature_length, train=True)
+    h, _ = bound(model, variables, rng_shared).shared_encode(e_s, frame_length, train=True)
+    logits = bound(model, variables).bestrq_logits(h).astype(jnp.float32)
     usable = min(logits.shape[1], frames)
     logits, labels, masked = logits[:, :usable], labels[:, :usable], masked[:, :usable]
     targets = masked & frame_mask(jnp.minimum(frame_length, label_length), usable)
@@ -227,47 +285,29 @@ def bestrq_terms(
         "bestrq_accuracy": accuracy,
         "bestrq_masked_frames": jnp.sum(targets).astype(jnp.float32),
     }
-    return loss, metrics
+    return Terms(loss, metrics)
 
 
-def combine_stream_terms(
-    model,
-    variables,
-    batch,
-    rng,
-    step,
-    *,
-    paired_fn,
-    text_fn,
-    paired_start_step: int,
-    text_start_step: int,
-    bestrq_weight: float,
-    bestrq_mask_prob: float,
-    bestrq_mask_span: int,
-):
-    """The text-injection objectives' sum over whichever streams the batch has:
+def combine_stream_terms(model, variables, batch, rng, step, shared: TextInjection, *, paired_fn, text_fn):
+    """The text-injection objectives' sum over whichever streams the batch has (`TextInjection`'s formula).
 
-        L = [step >= paired_start_step] paired_fn(paired) + [step >= text_start_step] text_fn(text)
-            + bestrq_weight * L_bestrq(speech)
-
-    paired_fn / text_fn: fn(stream, rng) -> (weighted loss, metrics). Returns (loss, metrics with "loss").
+    paired_fn / text_fn: fn(stream, rng) -> Terms with the objective's own weights applied. Returns (loss, metrics
+    with "loss").
     """
     rng_paired, rng_text, rng_speech = jax.random.split(rng, 3)
     loss = jnp.zeros((), jnp.float32)
     metrics = {}
     if "paired" in batch:
-        paired_loss, paired_metrics = paired_fn(batch["paired"], rng_paired)
-        loss = loss + active_from(step, paired_start_step) * paired_loss
-        metrics.update(paired_metrics)
+        paired = paired_fn(batch["paired"], rng_paired)
+        loss = loss + active_from(step, shared.paired_start_step) * paired.loss
+        metrics.update(paired.metrics)
     if "text" in batch:
-        text_loss, text_metrics = text_fn(batch["text"], rng_text)
-        loss = loss + active_from(step, text_start_step) * text_loss
-        metrics.update(text_metrics)
-    if "speech" in batch and bestrq_weight > 0:
-        speech_loss, speech_metrics = bestrq_terms(
-            model, variables, batch["speech"], rng_speech, mask_prob=bestrq_mask_prob, mask_span=bestrq_mask_span
-        )
-        loss = loss + bestrq_weight * speech_loss
-        metrics.update(speech_metrics)
+        text = text_fn(batch["text"], rng_text)
+        loss = loss + active_from(step, shared.text_start_step) * text.loss
+        metrics.update(text.metrics)
+    if "speech" in batch and shared.bestrq_weight > 0:
+        speech = bestrq_terms(model, variables, batch["speech"], rng_speech, shared.bestrq_masking)
+        loss = loss + shared.bestrq_weight * speech.loss
+        metrics.update(speech.metrics)
     metrics["loss"] = loss
     return loss, metrics

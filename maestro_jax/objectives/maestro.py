@@ -16,8 +16,10 @@ Text-only stream y:
 Speech-only stream: L_bestrq (maestro_jax.objectives.bestrq).
 
     L = w_bestrq L_bestrq + a_p (w_rnnt L_rnnt + w_mm L_mm + w_dur L_dur) + a_t w_text L_text
-with the curriculum a_p = [step >= paired_start_step], a_t = [step >= text_start_step]. Text-only gradients reach the
-text tower, refiner, shared tower and RNN-T decoder, never the speech tower or the duration model.
+with the curriculum a_p = [step >= paired_start_step], a_t = [step >= text_start_step]; w_bestrq, the curriculum,
+BEST-RQ's masking and the optional CTC term are MAESTRO's and ASTRA's shared settings (common.TextInjection).
+Text-only gradients reach the text tower, refiner, shared tower and RNN-T decoder, never the speech tower or the
+duration model.
 """
 
 import gin
@@ -27,8 +29,11 @@ import jax.numpy as jnp
 from maestro_jax.layers.common import frame_mask
 from maestro_jax.models.bestrq import span_mask
 from maestro_jax.objectives.common import (
+    PairedEncoding,
+    Terms,
+    TextInjection,
     best_path_emit_frames,
-    call,
+    bound,
     combine_stream_terms,
     durations_from_emit_frames,
     masked_mean,
@@ -36,40 +41,35 @@ from maestro_jax.objectives.common import (
     supervised_speech_terms,
     transducer_nll,
 )
+from maestro_jax.objectives.transducer import TransducerLoss
 
 
-def modality_matching_terms(model, variables, stream, aux, rng, *, aligner: str, chunk_size: int):
-    """(L_mm, L_dur, metrics) on a paired stream given the speech terms' aux outputs."""
+def modality_matching_terms(
+    model,
+    variables,
+    stream,
+    encoding: PairedEncoding,
+    rng,
+    *,
+    aligner: str,
+    chunk_size: int,
+    matching_weight: float,
+    duration_weight: float,
+) -> Terms:
+    """matching_weight * L_mm + duration_weight * L_dur on a paired stream given the speech terms' encoding."""
     rng_text, rng_duration, rng_refine = jax.random.split(rng, 3)
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_s, frame_length = aux["e_s"], aux["frame_length"]
+    e_s, frame_length = encoding.e_s, encoding.frame_length
     emit_frames = best_path_emit_frames(
-        model,
-        variables,
-        aligner,
-        aux["h"],
-        frame_length,
-        aux["enc_proj"],
-        aux["pred_proj"],
-        tokens,
-        token_length,
-        chunk_size=chunk_size,
+        model, variables, aligner, encoding, tokens, token_length, chunk_size=chunk_size
     )
     durations = durations_from_emit_frames(emit_frames, frame_length, token_length)
-    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng_text)
-    predicted = call(model, variables, "predict_durations", e_t, token_length, train=True, rng=rng_duration)
+    e_t, _ = bound(model, variables, rng_text).encode_text(tokens, token_length, train=True)
+    predicted = bound(model, variables, rng_duration).predict_durations(e_t, token_length, train=True)
     token_mask = frame_mask(token_length, tokens.shape[1])
     duration_loss = masked_mean(jnp.square(predicted - durations.astype(jnp.float32)), token_mask)
-    upsampled, upsampled_length = call(
-        model,
-        variables,
-        "upsample_text",
-        e_t,
-        durations,
-        token_length,
-        max_frames=e_s.shape[1],
-        train=True,
-        rng=rng_refine,
+    upsampled, upsampled_length = bound(model, variables, rng_refine).upsample_text(
+        e_t, durations, token_length, max_frames=e_s.shape[1], train=True
     )
     both_valid = frame_mask(jnp.minimum(frame_length, upsampled_length), e_s.shape[1])
     matching_loss = masked_mean(jnp.mean(jnp.square(e_s - upsampled), axis=-1), both_valid)
@@ -78,44 +78,45 @@ def modality_matching_terms(model, variables, stream, aux, rng, *, aligner: str,
         "duration_loss": duration_loss,
         "duration_abs_error": masked_mean(jnp.abs(predicted - durations), token_mask),
     }
-    return matching_loss, duration_loss, metrics
+    return Terms(matching_weight * matching_loss + duration_weight * duration_loss, metrics)
 
 
 def text_injection_terms(
-    model, variables, stream, rng, *, max_frames: int, mask_prob: float, mask_span: int, chunk_size: int, step=None
-):
-    """(L_text, metrics): unspoken text -> predicted durations -> resample -> refine -> mask -> shared -> RNN-T."""
+    model,
+    variables,
+    stream,
+    rng,
+    *,
+    max_frames: int,
+    mask_prob: float,
+    mask_span: int,
+    loss: TransducerLoss | None = None,
+    step=None,
+) -> Terms:
+    """L_text: unspoken text -> predicted durations -> resample -> refine -> mask -> shared -> RNN-T."""
     rng_text, rng_refine, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 5)
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_t, _ = call(model, variables, "encode_text", tokens, token_length, train=True, rng=rng_text)
-    predicted = call(model, variables, "predict_durations", e_t, token_length, train=False)
+    e_t, _ = bound(model, variables, rng_text).encode_text(tokens, token_length, train=True)
+    predicted = bound(model, variables).predict_durations(e_t, token_length, train=False)
     durations = jnp.maximum(jnp.round(jax.lax.stop_gradient(predicted)), 1.0).astype(jnp.int32)
     durations = jnp.where(frame_mask(token_length, tokens.shape[1]), durations, 0)
-    upsampled, frame_length = call(
-        model,
-        variables,
-        "upsample_text",
-        e_t,
-        durations,
-        token_length,
-        max_frames=max_frames,
-        train=True,
-        rng=rng_refine,
+    upsampled, frame_length = bound(model, variables, rng_refine).upsample_text(
+        e_t, durations, token_length, max_frames=max_frames, train=True
     )
     masked = span_mask(rng_mask, frame_length, max_frames, mask_prob=mask_prob, span=mask_span)
     upsampled = jnp.where(masked[..., None], 0.0, upsampled)
-    h, _ = call(model, variables, "shared_encode", upsampled, frame_length, train=True, rng=rng_shared)
+    h, _ = bound(model, variables, rng_shared).shared_encode(upsampled, frame_length, train=True)
     nll, valid, _, _ = transducer_nll(
-        model, variables, h, frame_length, tokens, token_length, rng=rng_pred, chunk_size=chunk_size, step=step
+        model, variables, h, frame_length, tokens, token_length, rng=rng_pred, step=step, loss=loss
     )
-    loss = per_token(nll, valid, token_length)
+    text_loss = per_token(nll, valid, token_length)
     truncated = jnp.sum(jnp.where(valid, jnp.sum(durations, axis=1) > max_frames, False))
     metrics = {
-        "text_rnnt_loss": loss,
+        "text_rnnt_loss": text_loss,
         "text_frames_per_token": jnp.sum(frame_length) / jnp.maximum(jnp.sum(token_length), 1),
         "text_truncated": truncated.astype(jnp.float32),
     }
-    return loss, metrics
+    return Terms(text_loss, metrics)
 
 
 @gin.configurable
@@ -126,46 +127,48 @@ def maestro(
     rng,
     step,
     *,
+    shared: TextInjection | None = None,
     rnnt_weight: float = 1.0,
     modality_matching_weight: float = 1.0,
     duration_weight: float = 0.1,
     text_weight: float = 1.0,
-    bestrq_weight: float = 1.0,
-    ctc_weight: float = 0.0,
-    paired_start_step: int = 0,
-    text_start_step: int = 0,
     aligner: str = "rnnt",
     text_frames_per_token: int = 8,
     text_mask_prob: float = 0.02,
     text_mask_span: int = 5,
-    bestrq_mask_prob: float = 0.01,
-    bestrq_mask_span: int = 10,
-    chunk_size: int = 16,
 ):
     """MAESTRO loss and metrics over whichever of batch["paired"], ["text"], ["speech"] are present.
 
-    Weights are per term (see the module docstring). paired_start_step / text_start_step: curriculum steps at which the
-    paired and text-only terms switch on (speech-only BEST-RQ is on from step 0). aligner: "rnnt" | "ctc", the source
-    of the durations (CTC needs ctc_weight > 0 to train the CTC head). text_frames_per_token: static encoder-frame
-    budget per text token for the upsampled text (max_frames = U * this). text_mask_*: span masking of upsampled text
-    (probability a frame starts a span, span length in frames). bestrq_mask_*: as in the bestrq objective.
+    shared: the curriculum, BEST-RQ and CTC settings MAESTRO shares with ASTRA (default `TextInjection()` as bound in
+    gin). Weights are per term (see the module docstring). aligner: "rnnt" | "ctc", the source of the durations (CTC
+    needs TextInjection.ctc_weight > 0 to train the CTC head). text_frames_per_token: static encoder-frame budget per
+    text token for the upsampled text (max_frames = U * this; longer text is cut, metric text_truncated); 8 is the
+    LibriSpeech recipe's, and recipes on the synthetic corpus (about 2.8 frames per token) set less. text_mask_*:
+    span masking of upsampled text (probability a frame starts a span, span length in frames).
     """
+    shared = TextInjection() if shared is None else shared
+    transducer = TransducerLoss()
 
     def paired_fn(stream, stream_rng):
         rng_asr, rng_mm = jax.random.split(stream_rng)
-        asr_loss, asr_metrics, aux = supervised_speech_terms(
-            model, variables, stream, rng_asr, ctc_weight=ctc_weight, chunk_size=chunk_size, step=step
+        asr = supervised_speech_terms(
+            model, variables, stream, rng_asr, ctc_weight=shared.ctc_weight, loss=transducer, step=step
         )
-        matching_loss, duration_loss, mm_metrics = modality_matching_terms(
-            model, variables, stream, aux, rng_mm, aligner=aligner, chunk_size=chunk_size
+        matching = modality_matching_terms(
+            model,
+            variables,
+            stream,
+            asr.encoding,
+            rng_mm,
+            aligner=aligner,
+            chunk_size=transducer.chunk_size,
+            matching_weight=modality_matching_weight,
+            duration_weight=duration_weight,
         )
-        paired_loss = (
-            rnnt_weight * asr_loss + modality_matching_weight * matching_loss + duration_weight * duration_loss
-        )
-        return paired_loss, {**asr_metrics, **mm_metrics}
+        return Terms(rnnt_weight * asr.loss + matching.loss, {**asr.metrics, **matching.metrics})
 
     def text_fn(stream, stream_rng):
-        text_loss, text_metrics = text_injection_terms(
+        text = text_injection_terms(
             model,
             variables,
             stream,
@@ -173,22 +176,9 @@ def maestro(
             max_frames=stream["tokens"].shape[1] * text_frames_per_token,
             mask_prob=text_mask_prob,
             mask_span=text_mask_span,
-            chunk_size=chunk_size,
+            loss=transducer,
             step=step,
         )
-        return text_weight * text_loss, text_metrics
+        return Terms(text_weight * text.loss, text.metrics)
 
-    return combine_stream_terms(
-        model,
-        variables,
-        batch,
-        rng,
-        step,
-        paired_fn=paired_fn,
-        text_fn=text_fn,
-        paired_start_step=paired_start_step,
-        text_start_step=text_start_step,
-        bestrq_weight=bestrq_weight,
-        bestrq_mask_prob=bestrq_mask_prob,
-        bestrq_mask_span=bestrq_mask_span,
-    )
+    return combine_stream_terms(model, variables, batch, rng, step, shared, paired_fn=paired_fn, text_fn=text_fn)

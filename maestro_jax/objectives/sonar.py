@@ -15,7 +15,7 @@ import optax
 
 from maestro_jax import checkpoints
 from maestro_jax.models.sonar_text import PAD_ID, UNK_ID, teacher_forcing_pair
-from maestro_jax.objectives.common import call, masked_mean
+from maestro_jax.objectives.common import bound, masked_mean
 
 TEACHER_COLLECTION = "teacher"
 
@@ -77,8 +77,9 @@ def sonar_text(
     Reads batch[stream]["tokens"] i32[B, U] / ["token_length"]. Without "target_tokens" the input is noised
     (`add_text_noise`; no noise when `train` is False) and the decoder predicts the clean sentence + eos. With
     "target_tokens" i32[B, U'] / "target_token_length" the clean input is encoded and the target predicted
-    (translation). Teacher forcing; token-level cross entropy in fp32 averaged over all scored tokens (eos included).
-    `step` is unused (kept for the objective contract). Metrics: loss, token_accuracy, sentence_accuracy, num_tokens.
+    (translation). Teacher forcing; token-level cross entropy in fp32 averaged over all scored tokens (eos included);
+    rows with an empty target are padding and score nothing. `step` is unused (kept for the objective contract).
+    Metrics: loss, token_accuracy, sentence_accuracy, num_tokens.
     """
     del step
     if stream not in batch:
@@ -103,19 +104,13 @@ def sonar_text(
                 shuffle_window=shuffle_window,
             )
     decoder_inputs, targets, target_mask = teacher_forcing_pair(target_tokens, target_length)
-    _, logits = call(
-        model,
-        variables,
-        "embed_and_decode",
-        tokens,
-        token_length,
-        decoder_inputs,
-        train=train,
-        rng=dropout_rng if train else None,
+    has_target = target_length > 0
+    target_mask = target_mask & has_target[:, None]  # teacher_forcing_pair scores an eos even for padding rows
+    _, logits = bound(model, variables, dropout_rng if train else None).embed_and_decode(
+        tokens, token_length, decoder_inputs, train=train
     )
     token_loss = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
     correct = (jnp.argmax(logits, axis=-1) == targets) | ~target_mask
-    has_target = target_length > 0
     metrics = {
         "loss": masked_mean(token_loss, target_mask),
         "token_accuracy": masked_mean(correct, target_mask),
@@ -150,13 +145,8 @@ def teacher_sentence_embedding(teacher_model, variables: dict, features: dict) -
                 "; bind sonar_speech.teacher_model = @SonarTextModel() and add the stage-1 params with "
                 "init_teacher_from_checkpoint / add_teacher, or precompute teacher_embedding in the data."
             )
-        embedding = teacher_model.apply(
-            {"params": variables[TEACHER_COLLECTION]},
-            features["tokens"],
-            features["token_length"],
-            train=False,
-            method="embed",
-        )
+        teacher = bound(teacher_model, {"params": variables[TEACHER_COLLECTION]})
+        embedding = teacher.embed(features["tokens"], features["token_length"], train=False)
     return jax.lax.stop_gradient(embedding.astype(jnp.float32))
 
 
@@ -188,16 +178,10 @@ def sonar_speech(
     features = batch[stream]
     student_variables = {name: value for name, value in variables.items() if name != TEACHER_COLLECTION}
     speech_rng, pool_rng = jax.random.split(rng) if train else (None, None)
-    hidden, frame_length = call(
-        model,
-        student_variables,
-        "encode_speech",
-        features["waveform"],
-        features["waveform_length"],
-        train=train,
-        rng=speech_rng,
+    hidden, frame_length = bound(model, student_variables, speech_rng).encode_speech(
+        features["waveform"], features["waveform_length"], train=train
     )
-    student = call(model, student_variables, "pool", hidden, frame_length, train=train, rng=pool_rng)
+    student = bound(model, student_variables, pool_rng).pool(hidden, frame_length, train=train)
     student = student.astype(jnp.float32)
     teacher = teacher_sentence_embedding(teacher_model, variables, features)
     if student.shape != teacher.shape:

@@ -9,20 +9,15 @@ exist but get no gradient), which makes the step several times cheaper; decode s
 import gin
 import jax
 
-from maestro_jax.objectives.common import ctc_term, encode_paired_speech, supervised_speech_terms
+from maestro_jax.objectives.common import Terms, ctc_terms, encode_paired_speech, supervised_speech_terms
 
 
-def ctc_speech_terms(model, variables, stream, rng):
-    """Speech -> speech tower -> shared tower -> CTC on a paired stream: (per-token CTC loss, metrics)."""
+def ctc_speech_terms(model, variables, stream, rng) -> Terms:
+    """Speech -> speech tower -> shared tower -> CTC on a paired stream (per-token CTC loss)."""
     _, h, frame_length = encode_paired_speech(model, variables, stream, *jax.random.split(rng))
-    ctc, infeasible = ctc_term(model, variables, h, frame_length, stream["tokens"], stream["token_length"])
+    ctc = ctc_terms(model, variables, h, frame_length, stream["tokens"], stream["token_length"])
     valid = (frame_length > 0) & (stream["token_length"] > 0)
-    metrics = {
-        "ctc_loss": ctc,
-        "ctc_infeasible": infeasible.astype(ctc.dtype),
-        "paired_examples": valid.sum().astype(ctc.dtype),
-    }
-    return ctc, metrics
+    return Terms(ctc.loss, {**ctc.metrics, "paired_examples": valid.sum().astype(ctc.loss.dtype)})
 
 
 @gin.configurable
@@ -35,21 +30,19 @@ def supervised(
     *,
     rnnt_weight: float = 1.0,
     ctc_weight: float = 0.0,
-    chunk_size: int = 16,
 ):
     """(loss, metrics) on batch["paired"]. rnnt_weight / ctc_weight: weights of the transducer and CTC terms (0 turns
-    a term off; at least one must be positive); chunk_size: frames per chunk of the fused joint + transducer loss."""
+    a term off; at least one must be positive). The transducer loss is `TransducerLoss()` as bound in gin."""
     if rnnt_weight <= 0 and ctc_weight <= 0:
         raise ValueError(
             f"supervised needs a positive supervised.rnnt_weight or supervised.ctc_weight; got {rnnt_weight} and "
             f"{ctc_weight}."
         )
-    if rnnt_weight <= 0:
-        ctc, metrics = ctc_speech_terms(model, variables, batch["paired"], rng)
-        loss = ctc_weight * ctc
-        return loss, {"loss": loss, **metrics}
-    loss, metrics, _ = supervised_speech_terms(
-        model, variables, batch["paired"], rng, ctc_weight=ctc_weight / rnnt_weight, chunk_size=chunk_size, step=step
-    )
-    loss = rnnt_weight * loss
-    return loss, {"loss": loss, **metrics}
+    if rnnt_weight > 0:
+        stream, relative_ctc = batch["paired"], ctc_weight / rnnt_weight
+        terms = supervised_speech_terms(model, variables, stream, rng, ctc_weight=relative_ctc, step=step)
+        loss = rnnt_weight * terms.loss
+    else:
+        terms = ctc_speech_terms(model, variables, batch["paired"], rng)
+        loss = ctc_weight * terms.loss
+    return loss, {"loss": loss, **terms.metrics}

@@ -33,12 +33,15 @@ class TransducerLoss:
     warmup_steps: training steps over which the simple weight falls from 1 and the pruned weight rises from 0.1.
       icefall's zipformer recipe uses 2000 (older pruned_transducer_stateless recipes 3000); 2000 is also within
       this project's short toy runs (a few thousand steps).
+    chunk_size: encoder frames per chunk of the fused full-lattice joint: the full loss, and the forward-only
+      log-probs behind MAESTRO's durations and ASTRA's posteriors (peak memory grows as B * chunk_size * (U+1) * V).
     """
 
     kind: str = "full"
     prune_range: int = 5
     simple_loss_scale: float = 0.5
     warmup_steps: int = 2000
+    chunk_size: int = 16
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -47,6 +50,8 @@ class TransducerLoss:
             raise ValueError(
                 f"TransducerLoss.prune_range must be >= 2 (label positions per frame); got {self.prune_range}."
             )
+        if self.chunk_size < 1:
+            raise ValueError(f"TransducerLoss.chunk_size must be >= 1 (frames per chunk); got {self.chunk_size}.")
 
 
 def simple_joint_logits(joint_params, enc_proj: jax.Array, pred_proj: jax.Array) -> tuple[jax.Array, jax.Array]:

@@ -18,7 +18,7 @@ from maestro_jax.models.model import SpeechTextModel
 from maestro_jax.models.sizes import MODEL_GIN_DIR, model_config_from_gin
 from maestro_jax.objectives.astra import astra
 from maestro_jax.objectives.bestrq import bestrq
-from maestro_jax.objectives.common import durations_from_emit_frames
+from maestro_jax.objectives.common import BestRQMasking, TextInjection, durations_from_emit_frames
 from maestro_jax.objectives.maestro import maestro
 from maestro_jax.objectives.supervised import supervised
 
@@ -72,6 +72,7 @@ def train_briefly(model, variables, batch, objective):
 
 # objective, the largest allowed (mean of the last 5 losses) / (first loss), expected towers with gradient, towers
 # that must get none. BEST-RQ draws new masks every step, so its loss is noisier and falls less in 25 steps.
+DENSER_MASKING = BestRQMasking(mask_prob=0.08, mask_span=4)
 CASES = {
     "supervised": (
         supervised,
@@ -86,19 +87,19 @@ CASES = {
         {"text_tower", "duration_model", "refiner", "rnnt_decoder", "pooler", "bestrq_head"},
     ),
     "bestrq": (
-        functools.partial(bestrq, mask_prob=0.08, mask_span=4),
+        functools.partial(bestrq, masking=DENSER_MASKING),
         0.85,
         {"speech_tower", "shared_tower", "bestrq_head"},
         {"text_tower", "duration_model", "refiner", "rnnt_decoder", "ctc_head", "pooler"},
     ),
     "maestro": (
-        functools.partial(maestro, bestrq_mask_prob=0.08, bestrq_mask_span=4),
+        functools.partial(maestro, shared=TextInjection(bestrq_masking=DENSER_MASKING)),
         0.6,
         {"speech_tower", "text_tower", "duration_model", "refiner", "shared_tower", "rnnt_decoder", "bestrq_head"},
         {"ctc_head", "pooler"},
     ),
     "astra": (
-        functools.partial(astra, bestrq_mask_prob=0.08, bestrq_mask_span=4),
+        functools.partial(astra, shared=TextInjection(bestrq_masking=DENSER_MASKING)),
         0.6,
         {"speech_tower", "text_tower", "shared_tower", "rnnt_decoder", "bestrq_head"},
         {"duration_model", "refiner", "ctc_head", "pooler"},
@@ -149,7 +150,8 @@ def test_maestro_text_only_stream_never_updates_speech_tower_or_duration_model(s
 
 def test_curriculum_switches_terms_on_by_step(setup):
     model, variables, batch = setup
-    objective = jax.jit(functools.partial(maestro, model, paired_start_step=5, text_start_step=10, bestrq_weight=0.0))
+    curriculum = TextInjection(paired_start_step=5, text_start_step=10, bestrq_weight=0.0)
+    objective = jax.jit(functools.partial(maestro, model, shared=curriculum))
 
     def loss(stream, step):
         return float(objective(variables, {stream: batch[stream]}, jax.random.PRNGKey(0), jnp.int32(step))[0])
