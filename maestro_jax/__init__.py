@@ -20,6 +20,7 @@ CONFIGURABLE_MODULES = (
     "maestro_jax.partitioning",
     "maestro_jax.trainer",
     "maestro_jax.train",
+    "maestro_jax.warm_start",
     "maestro_jax.distributed",
     "maestro_jax.inference",
     "maestro_jax.evaluation",
