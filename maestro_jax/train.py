@@ -180,11 +180,13 @@ def train(
     last_logged = {"time": time.perf_counter(), "step": step}
     last_metrics: dict = {}
 
-    def handle_step_metrics(done_step: int, step_metrics) -> None:
+    def handle_step_metrics(done_step: int, step_metrics, flops: float | None) -> None:
         nonlocal last_metrics
         host = {k: float(np.asarray(v)) for k, v in jax.device_get(step_metrics).items()}
         last_metrics = host
         window.append(host)
+        if flops is not None:
+            window_flops.append(flops)
         bar.update(1, loss=host["loss"])
         if host["consecutive_skipped"] >= max_consecutive_nonfinite:
             raise NonFiniteTrainingError(
@@ -229,15 +231,13 @@ def train(
                     "(e.g. more epochs) or lower train.train_steps."
                 ) from None
             compiled, compile_figures = executable_for(local_batch)
-            if "flops_per_step" in compile_figures:
-                window_flops.append(compile_figures["flops_per_step"])
             batch = partitioning.global_batch(local_batch, mesh, rules)
             state, step_metrics = compiled(state, batch)
             step += 1
             # Host-side bookkeeping for step s-1 overlaps the device running step s.
             if pending is not None:
                 handle_step_metrics(*pending)
-            pending = (step, step_metrics)
+            pending = (step, step_metrics, compile_figures.get("flops_per_step"))
             if config_text is None:
                 config_text = _write_operative_config(model_dir)
                 writer.write_text("operative_config", config_text)
