@@ -98,10 +98,12 @@ def restore_inference_variables(
     use_ema: bool = False,
     device: jax.Device | None = None,
     sharding: jax.sharding.Sharding | None = None,
+    on_host: bool = False,
 ) -> dict:
     """{"params": ..., **model_state} of checkpoint `step` (default: the latest) under a Checkpointer directory,
     without the optimizer state. use_ema: take the EMA params instead of the trained ones. The arrays go onto
-    `sharding`, else onto `device` (default: the first local device)."""
+    `sharding`, else onto `device` (default: the first local device); on_host: host NumPy arrays instead (what an
+    init hook needs: it runs inside the traced init, where device arrays cannot be assembled)."""
     step = find_step(checkpoint_dir, step)
     path = os.path.join(checkpoint_dir, str(step), "state")
     params_key = "ema_params" if use_ema else "params"
@@ -110,7 +112,8 @@ def restore_inference_variables(
             f"checkpoint {path} holds no {params_key!r}; "
             + ("it was trained without EMA (train.ema_decay=None): drop --use_ema." if use_ema else "is it complete?")
         )
-    sharding = sharding or jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
+    if not on_host:
+        sharding = sharding or jax.sharding.SingleDeviceSharding(device or jax.local_devices()[0])
     restored = restore_pytree(path, keys=(params_key, "model_state"), sharding=sharding)
     return {"params": restored[params_key], **(restored["model_state"] or {})}
 

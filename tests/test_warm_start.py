@@ -37,7 +37,8 @@ def test_init_hook_copies_the_params_the_checkpoint_has_and_keeps_the_rest(tmp_p
     save(tmp_path / "checkpoints", 5, {"speech": saved_speech, "only_in_checkpoint": {"w": np.zeros(2, np.float32)}})
     hook = lambda v: warm_start.init_params_from_checkpoint(v, checkpoint=str(tmp_path))
     init = trainer.make_init_fn(TwoTowers(), optax.sgd(0.1), use_ema=False, init_hooks=(hook,))
-    state = init(jax.random.PRNGKey(0), batch)
+    # Jitted, as the trainer runs it: the hook's arrays must be host constants of the traced init.
+    state = jax.jit(init)(jax.random.PRNGKey(0), batch)
     # The logical-axis box survives, with the checkpoint's value inside.
     assert isinstance(state.params["speech"]["kernel"], nn.Partitioned)
     assert state.params["speech"]["kernel"].names == ("embed", "mlp")
@@ -57,3 +58,18 @@ def test_mismatched_shapes_and_unrelated_checkpoints_are_refused(tmp_path):
         warm_start.init_params_from_checkpoint(variables, checkpoint=str(tmp_path / "other"))
     with pytest.raises(FileNotFoundError, match="change init_params_from_checkpoint.step"):
         warm_start.init_params_from_checkpoint(variables, checkpoint=str(tmp_path / "other"), step=9)
+
+
+def test_modules_limits_the_copy_to_named_top_level_modules(tmp_path):
+    variables = TwoTowers().init(jax.random.PRNGKey(0), {"x": jnp.ones((2, 4))})
+    # The text head has another shape in the checkpoint (SONAR's pooler vs the trunk's): skipped, not refused.
+    saved = {
+        "speech": {"kernel": np.ones((4, 3), np.float32), "bias": np.ones(3, np.float32)},
+        "text": {"kernel": np.zeros((3, 7), np.float32), "bias": np.zeros(7, np.float32)},
+    }
+    save(tmp_path, 1, saved)
+    got = warm_start.init_params_from_checkpoint(variables, checkpoint=str(tmp_path), modules=("speech",))["params"]
+    np.testing.assert_array_equal(got["speech"]["kernel"].unbox(), saved["speech"]["kernel"])
+    np.testing.assert_array_equal(got["text"]["kernel"], variables["params"]["text"]["kernel"])
+    with pytest.raises(ValueError, match=r"modules \['speach'\] are not top-level modules"):
+        warm_start.init_params_from_checkpoint(variables, checkpoint=str(tmp_path), modules=("speach",))
