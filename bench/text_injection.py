@@ -1,14 +1,18 @@
 """The toy paper table: does text injection help words never heard in paired speech? And does SONAR retrieve?
 
-    .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--steps 2500] [--jobs 4]
-        [--systems supervised,maestro,astra,sonar] [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
+    .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--branch_step 2000] [--steps 2000]
+        [--jobs 4] [--systems supervised,maestro,astra,sonar] [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
 
-Trains, on the medium synthetic corpus with one model size and one step budget (gin/experiments/toy_*.gin, which
-share gin/runs/toy_table.gin): paired-only supervised RNN-T, MAESTRO and ASTRA (both adding the unspoken-text and
-untranscribed-speech streams), then scores WER/CER on test_in_vocab and test_text_only_vocab (every utterance of the
-latter holds words that occur only in text_train) plus the recall of those text-only words. SONAR trains stage 1
-(text auto-encoder on text_train) and stage 2 (speech tower + pooler on paired_train) and scores speech->text
-retrieval error on both test splits.
+Protocol: a supervised trunk (paired speech only, gin/experiments/toy_supervised.gin at the peak learning rate)
+trains to `--branch_step`, where it already listens; every system then branches from the trunk's params
+(gin/runs/toy_branch.gin) and trains `--steps` more on the medium synthetic corpus with one model size and one
+schedule (gin/experiments/toy_*.gin, which share gin/runs/toy_table.gin): paired-only supervised RNN-T (the control),
+MAESTRO and ASTRA (both adding the unspoken-text and untranscribed-speech streams). Each is scored for WER/CER on
+test_in_vocab and test_text_only_vocab (every utterance of the latter holds words that occur only in text_train) plus
+the recall of those text-only words. SONAR trains stage 1 (text auto-encoder on text_train, from scratch) and stage 2
+(the trunk's speech and shared towers + a fresh pooler on paired_train) and scores speech->text retrieval error on
+both test splits. `--branch_step 0` trains every system from scratch instead. WORKDIR/dev_wer.png plots dev WER
+against step for the trunk and every branch.
 
 Each stage runs in its own process; `--jobs` chains run at once, each pinned to its share of the CPU cores. Results
 land in WORKDIR/<stage>/result.json; rerunning resumes training from checkpoints and skips finished stages, then
@@ -30,6 +34,8 @@ from maestro_jax.gin_utils import gin_bindings
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = corpus_layout.TEST_SPLITS
 SPEECH_SYSTEMS = ("supervised", "maestro", "astra")
+TRUNK = "trunk"  # the shared supervised steps every branch starts from
+BRANCH_GIN = "gin/runs/toy_branch.gin"
 # A system is a chain of stages run one after the other; each stage is one experiment file.
 CHAINS = {
     "supervised": ("supervised",),
@@ -40,7 +46,32 @@ CHAINS = {
 
 
 def experiment_file(stage: str) -> str:
-    return f"gin/experiments/toy_{stage}.gin"
+    return f"gin/experiments/toy_{'supervised' if stage == TRUNK else stage}.gin"
+
+
+def stage_config(stage: str, workdir: str, steps: int, branch_step: int) -> tuple[list[str], list[str]]:
+    """(gin files after the experiment file, bindings) that make `stage` a trunk, a branch of the trunk or (with
+    branch_step 0, and for SONAR's text stage) a run from scratch."""
+    bindings = [f"MODEL_DIR = '{os.path.join(workdir, stage)}'", f"TRAIN_STEPS = {steps}", "train.progress_bar = False"]
+    trunk_dir = os.path.join(workdir, TRUNK)
+    if stage == TRUNK:
+        # The stable phase of toy_table.gin's warmup-stable-decay schedule: the branches decay over their own steps.
+        return [], bindings + ["make_learning_rate_schedule.decay = 'constant'"]
+    if stage == "sonar_speech":
+        bindings.append(f"SONAR_TEACHER_CHECKPOINT = '{os.path.join(workdir, 'sonar_text')}'")
+    if stage == "sonar_text" or not branch_step:
+        return [], bindings
+    bindings += [
+        f"init_params_from_checkpoint.checkpoint = '{trunk_dir}'",
+        f"init_params_from_checkpoint.step = {branch_step}",
+    ]
+    if stage == "sonar_speech":
+        # The teacher, then the trunk's towers; the pooler has the teacher's embedding size and starts fresh.
+        bindings += [
+            "train.init_hooks = [@init_teacher_from_checkpoint, @init_params_from_checkpoint]",
+            "init_params_from_checkpoint.modules = ('speech_tower', 'shared_tower')",
+        ]
+    return [BRANCH_GIN], bindings
 
 
 def text_only_word_recall(rows: list[dict], text_only_words: set[str]) -> dict[str, float]:
@@ -60,7 +91,9 @@ def text_only_word_recall(rows: list[dict], text_only_words: set[str]) -> dict[s
 # ---------------------------------------------------------------- one stage (a child process)
 
 
-def run_stage(stage: str, workdir: str, steps: int, gin_files: list[str], bindings: list[str]) -> dict:
+def run_stage(
+    stage: str, workdir: str, steps: int, branch_step: int, gin_files: list[str], bindings: list[str]
+) -> dict:
     """Trains one stage to `steps` (resuming) and evaluates it; returns and writes its result.json."""
     from maestro_jax import evaluation, train
     from maestro_jax.gin_utils import configure_gin
@@ -69,13 +102,13 @@ def run_stage(stage: str, workdir: str, steps: int, gin_files: list[str], bindin
     log_to_stderr()
 
     model_dir = os.path.join(workdir, stage)
-    stage_bindings = [f"MODEL_DIR = '{model_dir}'", f"TRAIN_STEPS = {steps}"]
-    if stage == "sonar_speech":
-        stage_bindings.append(f"SONAR_TEACHER_CHECKPOINT = '{os.path.join(workdir, 'sonar_text')}'")
-    configure_gin([experiment_file(stage), *gin_files], stage_bindings + bindings)
+    stage_files, stage_bindings = stage_config(stage, workdir, steps, branch_step)
+    configure_gin([experiment_file(stage), *stage_files, *gin_files], stage_bindings + bindings)
     train.train()  # resumes; returns at once when the stage already holds `steps` (or more: re-scoring)
     # Scored at exactly `steps` (kept by KEEP_CHECKPOINTS), so a run cut short can be scored at a common earlier step.
     result = {"stage": stage, "steps": steps, "train_seconds": logged_train_seconds(model_dir, steps)}
+    if branch_step and stage not in (TRUNK, "sonar_text"):
+        result["branch_step"] = branch_step
     start = time.perf_counter()
     if stage in SPEECH_SYSTEMS:
         hypotheses = os.path.join(model_dir, "hypotheses.jsonl")
@@ -130,17 +163,17 @@ def core_sets(jobs: int) -> list[set[int]]:
 
 
 def stage_command(stage: str, args: argparse.Namespace, passthrough: list[str]) -> list[str]:
-    steps = args.sonar_text_steps if stage == "sonar_text" else args.steps
+    steps = {"sonar_text": args.sonar_text_steps, TRUNK: args.branch_step}.get(stage, args.steps)
     command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--workdir", args.workdir]
-    return command + ["--steps", str(steps), *passthrough]
+    return command + ["--steps", str(steps), "--branch_step", str(args.branch_step), *passthrough]
 
 
-def run_chains(systems: list[str], args: argparse.Namespace, passthrough: list[str]) -> None:
-    """Runs each system's chain of stages, `args.jobs` chains at once, each stage a child process pinned to a core set;
-    logs go to WORKDIR/<stage>.log. Raises if a stage fails."""
-    pending = [list(CHAINS[system]) for system in systems]
+def run_chains(chains: list[list[str]], jobs: int, args: argparse.Namespace, passthrough: list[str]) -> None:
+    """Runs each chain of stages, `jobs` chains at once, each stage a child process pinned to a core set; logs go to
+    WORKDIR/<stage>.log. Raises if a stage fails."""
+    pending = [list(chain) for chain in chains]
     running: dict[int, tuple[subprocess.Popen, list[str], str]] = {}  # slot -> (process, rest of chain, stage)
-    slots = core_sets(args.jobs)
+    slots = core_sets(jobs)
     failures = []
     while pending or running:
         for slot, cores in enumerate(slots):
@@ -180,12 +213,70 @@ def start_stage(chain: list[str], cores: set[int], args, passthrough) -> tuple[s
 
 def load_results(workdir: str) -> dict[str, dict]:
     results = {}
-    for stage in [s for chain in CHAINS.values() for s in chain]:
+    for stage in [TRUNK] + [s for chain in CHAINS.values() for s in chain]:
         path = os.path.join(workdir, stage, "result.json")
         if os.path.exists(path):
             with open(path) as f:
                 results[stage] = json.load(f)
     return results
+
+
+def steps_and_seconds(result: dict, results: dict[str, dict]) -> tuple[str, float]:
+    """A stage's steps ("trunk + branch" for a branch) and training seconds (the trunk's included)."""
+    if not result.get("branch_step"):
+        return str(result["steps"]), result["train_seconds"]
+    trunk_seconds = results.get(TRUNK, {}).get("train_seconds", float("nan"))
+    return f"{result['branch_step']} + {result['steps']}", trunk_seconds + result["train_seconds"]
+
+
+def dev_wer_curves(workdir: str, results: dict[str, dict]) -> dict[str, tuple[list[int], list[float]]]:
+    """{name: (steps, dev WER %)} from each speech stage's metrics.jsonl (the trainer's periodic RNN-T greedy eval),
+    a branch's steps counted from the start of the trunk and its curve starting at the trunk's point there."""
+    from maestro_jax.metrics import read_jsonl
+
+    def curve(stage: str, offset: int, up_to: int | None = None) -> tuple[list[int], list[float]]:
+        path = os.path.join(workdir, stage, "metrics.jsonl")
+        rows = [r for r in read_jsonl(path) if "eval/dev/wer" in r] if os.path.exists(path) else []
+        kept = {r["step"]: 100 * r["eval/dev/wer"] for r in rows if up_to is None or r["step"] <= up_to}
+        points = sorted(kept.items())
+        return [offset + step for step, _ in points], [wer for _, wer in points]
+
+    curves = {}
+    branch_step = max((r.get("branch_step", 0) for r in results.values()), default=0)
+    if branch_step:
+        curves[f"{TRUNK} (supervised)"] = curve(TRUNK, 0, branch_step)
+    for system in SPEECH_SYSTEMS:
+        if system in results:
+            steps, wers = curve(system, results[system].get("branch_step", 0), results[system]["steps"])
+            trunk = curves.get(f"{TRUNK} (supervised)")
+            if results[system].get("branch_step") and trunk and trunk[0] and trunk[0][-1] == branch_step:
+                steps, wers = [branch_step, *steps], [trunk[1][-1], *wers]
+            curves[system] = (steps, wers)
+    return curves
+
+
+def plot_dev_wer(workdir: str, results: dict[str, dict], out: str) -> None:
+    """Writes a PNG of dev WER (RNN-T greedy) against step for the trunk and every speech system."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = dev_wer_curves(workdir, results)
+    if not any(steps for steps, _ in curves.values()):
+        return
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, (steps, wers) in curves.items():
+        ax.plot(steps, wers, marker="o", label=name, linestyle="--" if name.startswith(TRUNK) else "-")
+    ax.set_xlabel("training step (trunk + branch)")
+    ax.set_ylabel("dev WER % (RNN-T greedy)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title("Toy paper table: dev WER by step (bench/text_injection.py)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
 
 
 def format_table(results: dict[str, dict]) -> str:
@@ -200,17 +291,19 @@ def format_table(results: dict[str, dict]) -> str:
         if system not in results:
             continue
         result = results[system]
+        steps, seconds = steps_and_seconds(result, results)
         wer = {split: result["metrics"][split]["wer"] for split in SPLITS}
         change = f"{100 * (wer[SPLITS[1]] / baseline - 1):+.1f} %" if baseline and system != "supervised" else ""
         lines.append(
-            f"| {system} | {result['steps']} | {result['train_seconds'] / 60:.1f} | {100 * wer[SPLITS[0]]:.2f} | "
+            f"| {system} | {steps} | {seconds / 60:.1f} | {100 * wer[SPLITS[0]]:.2f} | "
             f"{100 * wer[SPLITS[1]]:.2f} | {100 * result['text_only_words']['recall']:.1f} | {change} |"
         )
     if "sonar_speech" in results:
         sonar = results["sonar_speech"]
-        minutes = (sonar["train_seconds"] + results.get("sonar_text", {}).get("train_seconds", 0.0)) / 60
+        speech_steps, seconds = steps_and_seconds(sonar, results)
+        minutes = (seconds + results.get("sonar_text", {}).get("train_seconds", 0.0)) / 60
         errors = " / ".join(f"{s} {100 * sonar['metrics'][s]['retrieval_error']:.1f} %" for s in SPLITS)
-        steps = f"{results.get('sonar_text', {}).get('steps', '?')} / {sonar['steps']}"
+        steps = f"{results.get('sonar_text', {}).get('steps', '?')} / {speech_steps}"
         lines += [
             "",
             "| system | steps (text / speech) | train min | speech->text retrieval error (xsim) |",
@@ -223,7 +316,8 @@ def format_table(results: dict[str, dict]) -> str:
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/text_injection")
-    parser.add_argument("--steps", type=int, default=2500, help="train steps of every speech stage")
+    parser.add_argument("--branch_step", type=int, default=2000, help="trunk steps every branch starts from (0: none)")
+    parser.add_argument("--steps", type=int, default=2000, help="train steps of every speech stage after the trunk")
     parser.add_argument("--sonar_text_steps", type=int, default=2000, help="train steps of SONAR stage 1")
     parser.add_argument(
         "--jobs", type=int, default=len(CHAINS), help="chains run at once (each pinned to its CPU share)"
@@ -245,15 +339,19 @@ def main(argv: list[str] | None = None) -> int:
     args, bindings = parse_args(argv)
     if args.stage:
         os.chdir(REPO)
-        run_stage(args.stage, args.workdir, args.steps, args.gin_file, bindings)
+        run_stage(args.stage, args.workdir, args.steps, args.branch_step, args.gin_file, bindings)
         return 0
     os.makedirs(args.workdir, exist_ok=True)
     passthrough = [f"--gin_file={f}" for f in args.gin_file] + [a for a in argv if a.startswith("--gin.")]
     start = time.perf_counter()
-    run_chains(args.systems.split(","), args, passthrough)
-    table = format_table(load_results(args.workdir))
+    if args.branch_step:  # the trunk first, on every core: each branch starts from its checkpoint
+        run_chains([[TRUNK]], 1, args, passthrough)
+    run_chains([CHAINS[system] for system in args.systems.split(",")], args.jobs, args, passthrough)
+    results = load_results(args.workdir)
+    table = format_table(results)
     with open(os.path.join(args.workdir, "table.md"), "w") as f:
         f.write(table + "\n")
+    plot_dev_wer(args.workdir, results, os.path.join(args.workdir, "dev_wer.png"))
     print(f"\n{table}\n\nwall time {(time.perf_counter() - start) / 60:.1f} min; results in {args.workdir}")
     return 0
 

@@ -56,6 +56,37 @@ def test_table_reports_relative_change_against_paired_only():
     assert "| SONAR | 5 / 10 | 2.0 | test_in_vocab 2.0 % / test_text_only_vocab 10.0 % |" in table
 
 
+def test_branches_count_the_trunk_in_steps_time_and_dev_wer_curve(tmp_path):
+    def write(stage, rows):
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+    write("trunk", [{"step": 5, "eval/dev/wer": 0.9}, {"step": 10, "eval/dev/wer": 0.5}, {"step": 10, "loss": 1.0}])
+    write(
+        "maestro",
+        [{"step": 5, "eval/dev/wer": 0.4}, {"step": 10, "eval/dev/wer": 0.3}, {"step": 15, "eval/dev/wer": 0.2}],
+    )
+    results = {
+        "trunk": {"steps": 10, "train_seconds": 120.0},
+        "maestro": {
+            "steps": 10,
+            "branch_step": 10,
+            "train_seconds": 60.0,
+            "metrics": {"test_in_vocab": {"wer": 0.1}, "test_text_only_vocab": {"wer": 0.2}},
+            "text_only_words": {"recall": 0.5},
+        },
+    }
+    assert "| maestro | 10 + 10 | 3.0 | 10.00 | 20.00 | 50.0 |  |" in text_injection.format_table(results)
+    curves = text_injection.dev_wer_curves(str(tmp_path), results)
+    # The branch's curve starts at the trunk's last point and stops at the step it is scored at.
+    assert curves == {
+        "trunk (supervised)": ([5, 10], [90.0, 50.0]),
+        "maestro": ([10, 15, 20], [50.0, 40.0, 30.0]),
+    }
+    text_injection.plot_dev_wer(str(tmp_path), results, str(tmp_path / "dev_wer.png"))
+    assert (tmp_path / "dev_wer.png").stat().st_size > 1000
+
+
 def test_logged_train_seconds_sums_logged_intervals_up_to_the_step(tmp_path):
     rows = [
         {"step": 2, "steps_per_second": 4.0},  # steps 1-2: 0.5 s
@@ -80,6 +111,8 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
     argv = [
         "--workdir",
         str(tmp_path),
+        "--branch_step",
+        "2",
         "--steps",
         "2",
         "--sonar_text_steps",
@@ -98,7 +131,13 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         open(tmp_path / f).read()[-3000:] for f in os.listdir(tmp_path) if ".log" in f
     ]
     results = text_injection.load_results(str(tmp_path))
-    assert set(results) == {"supervised", "sonar_text", "sonar_speech"}
+    assert set(results) == {"trunk", "supervised", "sonar_text", "sonar_speech"}
+    # Both branches started from the trunk's step-2 params (SONAR's from its towers only, after its teacher).
+    for stage in ("supervised", "sonar_speech"):
+        assert results[stage]["branch_step"] == 2
+        log = (tmp_path / f"{stage}.log").read_text()
+        assert f"warm start from {tmp_path / 'trunk' / 'checkpoints'} step 2" in log, log[-2000:]
+    assert "branch_step" not in results["sonar_text"]
     # The results are those of the stage's own run directory: its metrics.jsonl, hypotheses and checkpoint.
     supervised = results["supervised"]
     model_dir = str(tmp_path / "supervised")
@@ -130,6 +169,6 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
     capsys.readouterr()
     assert text_injection.main(argv) == 0
     out = capsys.readouterr().out
-    assert out.count("done before; skipped") == 3
+    assert out.count("done before; skipped") == 4
     with pytest.raises(SystemExit):
         text_injection.parse_args(["--systems", "supervised,nope"])
