@@ -51,3 +51,22 @@ def test_sonar_stage2_teacher_has_the_stage1_model_shape(stage1, stage2):
     teacher, student = _sonar_text_model_bindings(stage1), _sonar_text_model_bindings(stage2)
     for field in ("vocab_size", "model_dim", "embedding_dim", "num_heads", "mlp_dim", "num_encoder_layers"):
         assert teacher[field] == student[field], (field, teacher[field], student[field])
+
+
+RUN_FILES = sorted(p.name for p in (REPO / "gin" / "runs").glob("*.gin") if p.name != "default.gin")
+
+
+@pytest.mark.parametrize("name", RUN_FILES)
+def test_a_run_file_included_after_an_experiment_keeps_its_bindings(name):
+    """Run files go after an experiment (README); one that re-included default.gin would reset what the experiment set,
+    e.g. toy_table.gin's wsd schedule back to default.gin's inverse_sqrt."""
+    maestro_jax.register_configurables()
+    gin.clear_config()
+    gin.add_config_file_search_path(str(REPO))
+    try:
+        gin.parse_config_file(str(REPO / "gin" / "experiments" / "toy_supervised.gin"))
+        assert gin.query_parameter("make_learning_rate_schedule.decay") == "wsd"
+        gin.parse_config_file(str(REPO / "gin" / "runs" / name))
+        assert gin.query_parameter("make_learning_rate_schedule.decay") == "wsd", name
+    finally:
+        gin.clear_config()
