@@ -245,12 +245,14 @@ def split_error_rates(
     step: int,
     *,
     splits: Sequence[str] = ("dev",),
+    manifests: Sequence[str] = (),
     decoders: Sequence[str] = ("rnnt_greedy",),
     beam_size: int = 4,
     batch_size: int = 16,
     pad_seconds: float = 5.0,
 ) -> dict[str, float]:
-    """The trainer's periodic eval hook (`train.eval_fn`): WER/CER per synthetic-corpus split and decoder.
+    """The trainer's periodic eval hook (`train.eval_fn`): WER/CER per decoder on synthetic-corpus splits and on
+    NeMo-style JSONL manifests (named by their file stem: `dev.jsonl` logs as "dev/wer").
 
     Returns {"<split>/wer", "<split>/cer"} for the first decoder and {"<split>/<decoder>_wer", ...} for the others
     (fractions, not percent), which the trainer logs as "eval/..." and plots beside the loss terms.
@@ -258,11 +260,17 @@ def split_error_rates(
     del step
     tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_of_config())
     samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
+    sources = [("split", split, split) for split in splits]
+    sources += [("manifest", os.path.basename(manifest).split(".")[0], manifest) for manifest in manifests]
     out = {}
     for index, decoder in enumerate(decoders):
         transcribe = _cached_transcriber(model, decoder, beam_size)
-        for split in splits:
-            batches, total = split_batches(split, batch_size=batch_size, samples_multiple=samples_multiple)
+        for kind, split, source in sources:
+            if kind == "split":
+                batches, total = split_batches(split, batch_size=batch_size, samples_multiple=samples_multiple)
+            else:
+                batches = manifest_batches(source, batch_size=batch_size, samples_multiple=samples_multiple)
+                total = None
             rows = transcribe_batches(transcribe, variables, batches, tokenizer.decode, progress=False, total=total)
             rates = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
             prefix = f"{split}/" if index == 0 else f"{split}/{decoder}_"

@@ -73,3 +73,12 @@ def configure_gin(gin_files: list[str], bindings: list[str]) -> None:
             flag = "--gin." + binding.replace(" = ", "=", 1)
             raise GinConfigError(f"command-line binding {flag!r}: {error}") from error
     gin.finalize()
+
+
+def query_value(binding: str):
+    """The value bound to `binding` ("fn.param") in the current config, with macros (`%NAME`, chains too) resolved;
+    gin.query_parameter alone returns a macro reference."""
+    value = gin.query_parameter(binding)
+    while isinstance(value, gin.config.ConfigurableReference) and value.configurable.name == "macro":
+        value = gin.query_parameter("%" + value.scoped_selector.split("/")[0])
+    return value

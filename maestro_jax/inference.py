@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 import maestro_jax
-from maestro_jax import checkpoints, decoding
+from maestro_jax import checkpoints, decoding, gin_utils
 from maestro_jax.data import corpus_layout
 from maestro_jax.models import make_model
 from maestro_jax.objectives import renamed
@@ -133,8 +133,17 @@ def load_model_dir(
 
 
 def tokenizer_of_config() -> str:
-    """The sentencepiece model of the synthetic corpus named by the current gin config."""
+    """The sentencepiece model the current gin config trains with: the `tokenizer_path` of its data entry point
+    (`train.make_data` = manifest_streams or librispeech_streams), else that of the synthetic corpus it names."""
     from maestro_jax.data import pipeline
+
+    try:
+        make_data = gin.query_parameter("train.make_data")
+    except ValueError:  # no training data bound (e.g. a bare eval config): the synthetic default
+        make_data = None
+    name = make_data.configurable.name if isinstance(make_data, gin.config.ConfigurableReference) else None
+    if name in ("manifest_streams", "librispeech_streams"):
+        return gin_utils.query_value(f"{name}.tokenizer_path")
 
     corpus_dir, _ = pipeline.synthetic_corpus()
     return os.path.join(corpus_dir, corpus_layout.TOKENIZER_FILE)

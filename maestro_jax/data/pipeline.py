@@ -1,6 +1,7 @@
-"""Gin-configurable data entry points for training and evaluation on the synthetic corpus.
+"""Gin-configurable data entry points for training: the synthetic corpus, LibriSpeech (TFDS) and the user's own files.
 
-`synthetic_streams` is what `train.make_data` binds to: fn(shard_index, num_shards, seed) -> MultiStreamBatcher.
+`synthetic_streams`, `librispeech_streams` and `manifest_streams` are what `train.make_data` binds to:
+fn(shard_index, num_shards, seed) -> MultiStreamBatcher.
 """
 
 import fcntl
@@ -164,6 +165,92 @@ def librispeech_streams(
     )
     return make_stream_batcher(
         {name: mixtures[name] for name in streams},
+        shard_index,
+        num_shards,
+        seed,
+        batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
+        max_seconds=max_seconds,
+        max_tokens=max_tokens,
+        bucket_seconds=tuple(bucket_seconds),
+        length_group_batches=length_group_batches,
+        prefetch=prefetch,
+        strict=strict,
+    )
+
+
+def _rated_sources(sources, binding: str) -> dict[str, float]:
+    """{source: mixing rate} from a sequence (rate 1 each) or a {source: rate} mapping, as gin passes either."""
+    if isinstance(sources, (str, os.PathLike)):
+        raise ValueError(f"{binding} takes a list or a {{path: rate}} dict of paths, not the single string {sources!r}")
+    rated = dict(sources) if hasattr(sources, "items") else {source: 1.0 for source in sources}
+    return {os.fspath(source): float(rate) for source, rate in rated.items()}
+
+
+@gin.configurable
+def manifest_streams(
+    shard_index: int,
+    num_shards: int,
+    seed: int,
+    *,
+    tokenizer_path: str = gin.REQUIRED,
+    paired: tuple | dict = (),
+    speech: tuple | dict = (),
+    text: tuple | dict = (),
+    streams: tuple[str, ...] = ("paired", "speech", "text"),
+    lowercase: bool = False,
+    paired_batch_size: int = 8,
+    speech_batch_size: int = 8,
+    text_batch_size: int = 16,
+    max_seconds: float = 16.0,
+    max_tokens: int = 128,
+    bucket_seconds: tuple[float, ...] = (),
+    length_group_batches: int = 1,
+    prefetch: int = 2,
+    strict: bool = False,
+) -> MultiStreamBatcher:
+    """The user's own files as the three streams (docs: README "Train on your own data").
+
+    paired: JSONL manifests with `audio_filepath` and `text` (NeMo style; relative paths resolve against the
+    manifest). speech: manifests without text, or directories of .wav/.flac files. text: plain-text files or glob
+    patterns, one sentence per line, .gz read as gzip. Each is a list (every source at rate 1) or a {source: rate} dict
+    of mixing rates. Audio of any sample rate and channel count is read as 16 kHz mono. tokenizer_path: a
+    sentencepiece model with the project's ids (`maestro-data tokenizer` trains one). lowercase: lower-case every
+    transcript and line before tokenising. Other arguments as in `synthetic_streams`; bad rows (unreadable, empty,
+    non-finite or too long audio, empty or untokenisable text) are dropped and counted per stream and reason.
+    """
+    tokenizer.check_id_conventions(tokenizer_path)
+    vocabulary = tokenizer.make_vocabulary(tokenizer_path)
+    sources = {
+        name: _rated_sources(value, f"manifest_streams.{name}")
+        for name, value in (("paired", paired), ("speech", speech), ("text", text))
+    }
+    rates = {}
+    for name in streams:
+        if name not in sources:
+            raise ValueError(f"unknown stream '{name}' in manifest_streams.streams; the streams are {sorted(sources)}")
+        if not sources[name]:
+            raise ValueError(
+                f"stream '{name}' is requested (manifest_streams.streams={tuple(streams)}) but "
+                f"manifest_streams.{name} names no file; give it sources or drop the stream"
+            )
+        rates[name] = {}
+        for index, (source, rate) in enumerate(sources[name].items()):
+            task = f"own_data_{name}_{index}"
+            if name == "text":
+                files = tasks.expand_text_files(source)
+                if len(files) < num_shards:
+                    raise ValueError(
+                        f"text source '{source}' has {len(files)} file(s) but the job reads {num_shards} input "
+                        "shards, and hosts split the text files between them; split it into at least that many "
+                        "files (e.g. `split -n l/N`) or give a glob"
+                    )
+                tasks.register_text_files_task(task, files, vocabulary, lowercase=lowercase)
+            else:
+                tasks.register_audio_files_task(task, source, vocabulary, lowercase=lowercase)
+            rates[name][task] = rate
+    mixtures = tasks.register_stream_mixtures("own_data", **rates)
+    return make_stream_batcher(
+        mixtures,
         shard_index,
         num_shards,
         seed,

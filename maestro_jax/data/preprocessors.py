@@ -30,11 +30,20 @@ INT16_SCALE = 32768.0
 
 UNREADABLE_AUDIO = "unreadable_audio"
 EMPTY_AUDIO = "empty_audio"
+NON_FINITE_AUDIO = "non_finite_audio"
 TOO_LONG_AUDIO = "too_long_audio"
 EMPTY_TRANSCRIPT = "empty_transcript"
 UNK_TOKEN = "unk_token"
 TOO_MANY_TOKENS = "too_many_tokens"
-REASONS = (UNREADABLE_AUDIO, EMPTY_AUDIO, TOO_LONG_AUDIO, EMPTY_TRANSCRIPT, UNK_TOKEN, TOO_MANY_TOKENS)
+REASONS = (
+    UNREADABLE_AUDIO,
+    EMPTY_AUDIO,
+    NON_FINITE_AUDIO,
+    TOO_LONG_AUDIO,
+    EMPTY_TRANSCRIPT,
+    UNK_TOKEN,
+    TOO_MANY_TOKENS,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -139,6 +148,8 @@ def find_defect(
             return UNREADABLE_AUDIO
         if example["waveform"].shape[0] == 0:
             return EMPTY_AUDIO
+        if not np.isfinite(example["waveform"]).all():
+            return NON_FINITE_AUDIO
         if max_samples is not None and example["waveform"].shape[0] > max_samples:
             return TOO_LONG_AUDIO
     if needs_text:
@@ -173,6 +184,9 @@ def describe_defect(
         return f"{name}: {to_str(example['audio_error'])}; fix or remove the file, {drop}"
     if reason == EMPTY_AUDIO:
         return f"{name} has 0 samples; fix the data {drop}"
+    if reason == NON_FINITE_AUDIO:
+        bad = int(np.count_nonzero(~np.isfinite(example["waveform"])))
+        return f"{name} has {bad} NaN/Inf samples of {example['waveform'].shape[0]}; fix or remove the file, {drop}"
     if reason == TOO_LONG_AUDIO:
         samples = example["waveform"].shape[0]
         return (

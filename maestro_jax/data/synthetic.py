@@ -347,7 +347,10 @@ def train_corpus_tokenizer(spm_path: Path, texts: Mapping[str, Sequence[str]], v
     unknown = tokenizer.count_unknown_pieces(spm_path, all_text)
     if unknown:
         raise RuntimeError(f"{spm_path} encodes {unknown} pieces of the corpus as unk; raise --vocab_size")
-    return {"unk_pieces_in_all_splits": unknown, "character_coverage": tokenizer.character_coverage(spm_path, all_text)}
+    return {
+        "unk_pieces_in_all_splits": unknown,
+        "character_coverage": tokenizer.measured_character_coverage(spm_path, all_text),
+    }
 
 
 def cached_summary(out_dir: Path, size: str, seed: int, vocab_size: int) -> dict | None:

@@ -1,5 +1,5 @@
-"""seqio Tasks (synthetic corpus, LibriSpeech, LibriSpeech-LM, directories/manifests of audio files) and the mixtures
-that feed the three training streams.
+"""seqio Tasks (synthetic corpus, LibriSpeech, LibriSpeech-LM, directories/manifests of audio files, plain-text files)
+and the mixtures that feed the three training streams.
 
 Each task covers one split and yields the common example layout of `preprocessors` (`waveform` f32[N] in [-1, 1] at
 16 kHz, `tokens` i32[U] without EOS, plus `id`, `text`, `audio_error`). Registering a name again replaces the old task
@@ -11,6 +11,7 @@ import os
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import functools
+import glob
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -220,6 +221,53 @@ def register_audio_files_task(
         vocabulary,
         lowercase=lowercase,
         shuffle_buffer_size=shuffle_buffer_size,
+    )
+
+
+def expand_text_files(patterns: str | os.PathLike | tuple | list) -> list[str]:
+    """The files matched by each path or glob pattern (sorted per pattern, in pattern order, duplicates once).
+
+    Raises FileNotFoundError naming a pattern that matches no file.
+    """
+    patterns = [patterns] if isinstance(patterns, (str, os.PathLike)) else list(patterns)
+    files = []
+    for pattern in map(os.fspath, patterns):
+        matched = sorted(path for path in glob.glob(pattern) if os.path.isfile(path))
+        if not matched:
+            raise FileNotFoundError(f"text file pattern '{pattern}' matches no file")
+        files += [os.path.abspath(path) for path in matched if os.path.abspath(path) not in files]
+    return files
+
+
+def _read_text_lines(path: tf.Tensor) -> tf.data.Dataset:
+    """The lines of one plain-text file, gzip'ed when its name ends in .gz, streamed."""
+    compression = tf.where(tf.strings.regex_full_match(path, r".*\.gz"), "GZIP", "")
+    return tf.data.TextLineDataset(path, compression_type=compression)
+
+
+def register_text_files_task(
+    name: str,
+    patterns: str | os.PathLike | tuple | list,
+    vocabulary: seqio.Vocabulary,
+    *,
+    split: str = "train",
+    lowercase: bool = False,
+    shuffle_buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
+) -> str:
+    """Registers task `name` over plain-text files (paths or glob patterns; one sentence per line, .gz read as gzip).
+
+    Lines stream from disk (files interleaved, never loaded whole); hosts split the files between them, so a job of N
+    input shards needs at least N files. Empty lines and lines the tokenizer cannot encode are dropped and counted by
+    the batcher (`empty_transcript`, `unk_token`).
+    """
+    files = expand_text_files(patterns)
+    to_layout = functools.partial(preprocessors.from_tfds_features, audio_key=None, text_key="text", id_key=None)
+    source = seqio.FileDataSource(
+        read_file_fn=lambda path: _read_text_lines(path).map(lambda line: {"text": line}),
+        split_to_filepattern={split: files},
+    )
+    return _register_task(
+        name, source, [to_layout], vocabulary, lowercase=lowercase, shuffle_buffer_size=shuffle_buffer_size
     )
 
 

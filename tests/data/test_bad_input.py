@@ -17,6 +17,7 @@ BAD = {
     "garbage": (preprocessors.UNREADABLE_AUDIO, None, SENTENCES[0]),
     "missing": (preprocessors.UNREADABLE_AUDIO, None, SENTENCES[0]),
     "silent": (preprocessors.EMPTY_AUDIO, 0, SENTENCES[0]),
+    "nan": (preprocessors.NON_FINITE_AUDIO, 1600, SENTENCES[0]),
     "long": (preprocessors.TOO_LONG_AUDIO, MAX_SAMPLES + 1, SENTENCES[0]),
     "untranscribed": (preprocessors.EMPTY_TRANSCRIPT, 1300, "   "),
     "digits": (preprocessors.UNK_TOKEN, 1400, "the cat 42"),
@@ -25,6 +26,7 @@ BAD = {
 OPTION = {
     preprocessors.UNREADABLE_AUDIO: "fix or remove the file",
     preprocessors.EMPTY_AUDIO: "has 0 samples",
+    preprocessors.NON_FINITE_AUDIO: "has 1 NaN/Inf samples of 1600",
     preprocessors.TOO_LONG_AUDIO: "raise StreamSpec.max_samples",
     preprocessors.EMPTY_TRANSCRIPT: "empty transcript",
     preprocessors.UNK_TOKEN: "unk \\(id 2\\)",
@@ -35,6 +37,10 @@ OPTION = {
 def row(root, name, samples, text):
     if name == "garbage":
         (root / "garbage.wav").write_bytes(b"RIFF\x00\x00 this is not audio")
+    elif name == "nan":  # a float wav can hold NaN; it reads back as NaN
+        audio = np.full(samples, 0.1, np.float32)
+        audio[7] = np.nan
+        soundfile.write(root / "nan.wav", audio, 16000, subtype="FLOAT")
     elif samples is not None:
         soundfile.write(root / f"{name}.wav", np.full(samples, 1000 + samples % 7, np.int16), 16000)
     return {"id": name, "audio": f"{name}.wav", "text": text}
@@ -99,11 +105,13 @@ def test_speech_stream_keeps_utterances_with_bad_transcripts(vocabulary_and_rows
     usable_audio = GOOD_LENGTHS + [BAD[n][1] for n in ("untranscribed", "digits", "chatty")]
     spec = batcher.StreamSpec("bad_all", batch_size=len(usable_audio), max_samples=MAX_SAMPLES)
     run = batcher.MultiStreamBatcher({"speech": spec}, seed=1)
-    batch = next(run)["speech"]
+    batch = next(run)["speech"]  # exactly epoch 0's usable audio
     assert sorted(batch["waveform_length"].tolist()) == sorted(usable_audio)
+    next(run)  # epoch 1's: every bad row of epoch 0 has been read by now
     assert set(run.filter_stats.as_dict()["speech"]) == {
         preprocessors.UNREADABLE_AUDIO,
         preprocessors.EMPTY_AUDIO,
+        preprocessors.NON_FINITE_AUDIO,
         preprocessors.TOO_LONG_AUDIO,
     }
 
