@@ -95,7 +95,7 @@ def run_stage(
     stage: str, workdir: str, steps: int, branch_step: int, gin_files: list[str], bindings: list[str]
 ) -> dict:
     """Trains one stage to `steps` (resuming) and evaluates it; returns and writes its result.json."""
-    from maestro_jax import evaluation, train
+    from maestro_jax import checkpoints, evaluation, train
     from maestro_jax.gin_utils import configure_gin
     from maestro_jax.metrics import log_to_stderr
 
@@ -105,6 +105,10 @@ def run_stage(
     stage_files, stage_bindings = stage_config(stage, workdir, steps, branch_step)
     configure_gin([experiment_file(stage), *stage_files, *gin_files], stage_bindings + bindings)
     train.train()  # resumes; returns at once when the stage already holds `steps` (or more: re-scoring)
+    saved = checkpoints.checkpoint_steps(os.path.join(model_dir, "checkpoints"))
+    if not saved or max(saved) < steps:
+        # train() also returns after a preemption save (SIGTERM): that stage is not finished and must not be scored.
+        raise SystemExit(f"[{stage}] stopped at step {max(saved, default=0)} of {steps} (preempted?); rerun to resume")
     # Scored at exactly `steps` (kept by KEEP_CHECKPOINTS), so a run cut short can be scored at a common earlier step.
     result = {"stage": stage, "steps": steps, "train_seconds": logged_train_seconds(model_dir, steps)}
     if branch_step and stage not in (TRUNK, "sonar_text"):

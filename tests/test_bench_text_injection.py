@@ -172,3 +172,17 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
     assert out.count("done before; skipped") == 4
     with pytest.raises(SystemExit):
         text_injection.parse_args(["--systems", "supervised,nope"])
+
+
+def test_a_stage_stopped_short_is_not_scored(tmp_path, monkeypatch):
+    """train() also returns after a SIGTERM save; the stage must then fail, not write a result for its steps."""
+    from maestro_jax import train
+
+    monkeypatch.setattr(train, "train", lambda: None)  # as if preempted before the first checkpoint
+    try:
+        with pytest.raises(SystemExit, match=r"\[supervised\] stopped at step 0 of 5 \(preempted\?\)"):
+            text_injection.run_stage("supervised", str(tmp_path), 5, 0, ["gin/models/tiny.gin"], [])
+    finally:
+        with gin.unlock_config():
+            gin.clear_config()
+    assert not (tmp_path / "supervised" / "result.json").exists()
