@@ -14,7 +14,7 @@ import sentencepiece
 import soundfile
 from scipy import signal
 
-from maestro_jax import metrics
+from maestro_jax import evaluation, inference, metrics
 from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.cli import data as data_cli
 from maestro_jax.cli import train as train_cli
@@ -181,9 +181,14 @@ def test_own_data_experiment_trains_a_tiny_maestro_and_scores_the_dev_manifest(o
     ]
     try:
         assert train_cli.main(argv) == 0
+        gin.clear_config()
+        # maestro-eval's path: the run's operative config names its own tokenizer, not the synthetic corpus's.
+        scored = evaluation.evaluate(model_dir=str(model_dir), manifests=[own_files["dev"]], progress=False)
+        assert inference.tokenizer_of_config() == own_tokenizer
     finally:
         with gin.unlock_config():
             gin.clear_config()
+    assert scored[own_files["dev"]]["num_utterances"] == 2
     rows = metrics.read_jsonl(os.path.join(model_dir, "metrics.jsonl"))
     final = [row for row in rows if "eval/dev/wer" in row]
     # An untrained model's WER (insertions make it exceed 1): only that the dev manifest was decoded and scored.
