@@ -122,7 +122,8 @@ def manifest_batches(
     """One ordered pass over a NeMo-style JSONL manifest (`audio_filepath`, `text`; any sample rate, stereo
     averaged to mono) in eval batches shaped like `eval_batches`: `waveform` f32[B, N] with N the longest utterance
     rounded up to `samples_multiple` samples, `waveform_length` i32[B], `valid` bool[B], `id` and `text` object[B].
-    An unreadable audio file raises AudioReadError naming it, the manifest and the utterance id."""
+    An unreadable audio file, or one with NaN/Inf samples, raises AudioReadError naming it, the manifest and the
+    utterance id."""
     entries = audio_files.list_manifest(manifest)
     if not entries:
         raise ValueError(f"manifest {manifest} has no rows with audio; check its 'audio_filepath' fields.")
@@ -131,11 +132,18 @@ def manifest_batches(
         waveforms = []
         for entry in chunk:
             try:
-                waveforms.append(audio_files.read_audio(entry.path))
+                waveform = audio_files.read_audio(entry.path)
             except audio_files.AudioReadError as error:
                 raise audio_files.AudioReadError(
                     f"{manifest}, utterance {entry.id!r}: {error}; fix or drop that row."
                 ) from error
+            if not np.isfinite(waveform).all():  # a NaN file would otherwise be transcribed and scored as speech
+                bad = int(np.count_nonzero(~np.isfinite(waveform)))
+                raise audio_files.AudioReadError(
+                    f"{manifest}, utterance {entry.id!r}: audio file '{entry.path}' has {bad} NaN/Inf samples of "
+                    f"{len(waveform)}; fix or drop that row."
+                )
+            waveforms.append(waveform)
         longest = max(len(w) for w in waveforms)
         samples = max(samples_multiple, samples_multiple * -(-longest // samples_multiple))
         batch = {

@@ -145,6 +145,15 @@ def test_manifest_reads_any_rate_and_stereo_and_names_bad_files(tmp_path):
     with pytest.raises(audio_files.AudioReadError, match=expected):
         list(evaluation.manifest_batches(str(manifest)))
 
+    nan_tone = tone.copy()
+    nan_tone[100] = np.nan
+    soundfile.write(tmp_path / "nan.wav", nan_tone, 22050, subtype="FLOAT")
+    rows[2] = {"audio_filepath": str(tmp_path / "nan.wav"), "text": "three"}
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    expected = r"m\.jsonl, utterance '.*nan': audio file '.*nan\.wav' has \d+ NaN/Inf samples of 16000"
+    with pytest.raises(audio_files.AudioReadError, match=expected):
+        list(evaluation.manifest_batches(str(manifest)))
+
 
 def test_split_and_manifest_of_the_same_audio_score_alike(run, tmp_path):
     model_dir, _, corpus_dir = run
