@@ -170,7 +170,10 @@ def test_run_gin_files_parse_and_cli_bindings_override_them():
     import gin
 
     try:
-        cli.configure_gin(["runs/cpu_debug.gin"], ["TRAIN_STEPS = 7", "make_mesh.fsdp = 2"])
+        # A run file goes after an experiment (it no longer re-includes default.gin).
+        cli.configure_gin(
+            ["gin/experiments/tiny_supervised.gin", "runs/cpu_debug.gin"], ["TRAIN_STEPS = 7", "make_mesh.fsdp = 2"]
+        )
         assert (
             gin.query_parameter("%TRAIN_STEPS") == 7 and str(gin.query_parameter("train.train_steps")) == "%TRAIN_STEPS"
         )
