@@ -29,6 +29,10 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"],
+        # Accelerator runtimes (the base install runs on CPU): libtpu for Cloud TPU VMs and GKE TPU nodes; the CUDA 12
+        # plugin with its pip-installed CUDA/cuDNN/NCCL for NVIDIA GPUs (needs only the driver on the host).
+        "tpu": ["jax[tpu]>=0.10,<0.11"],
+        "cuda12": ["jax[cuda12]>=0.10,<0.11"],
     },
     entry_points={
         "console_scripts": [

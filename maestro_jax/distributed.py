@@ -1,28 +1,55 @@
-"""Multi-process start-up: jax.distributed.initialize with auto-detection, an explicit CPU path and a timeout."""
+"""Multi-process start-up: jax.distributed.initialize for TPU VMs, GKE, SLURM, Open MPI and explicit coordinators.
+
+One switch, `initialize_distributed.cluster`, says how; "auto" (the default) picks the first of these that applies:
+- explicit: `coordinator_address` (with `num_processes` and `process_id`) was given, e.g. local CPU runs with gloo;
+- mpi, slurm, gke, tpu_vm: the environment JAX's own cluster detection (jax/_src/clusters, same order) recognises;
+  on them `jax.distributed.initialize()` is called with no arguments, the documented way: JAX reads SLURM/Open MPI
+  variables, GKE's TPU_WORKER_HOSTNAMES, or a TPU VM's workers from the GCE metadata server;
+- none of them: one process, nothing to start.
+"""
 
 import os
 import socket
 import time
+from collections.abc import Mapping
 
 import gin
 import jax
+from jax._src import cloud_tpu_init
 
-# Environment variables whose presence means a cluster JAX can auto-detect (TPU pod, SLURM, Open MPI, GKE).
-_CLUSTER_ENV_VARS = ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "SLURM_JOB_ID", "OMPI_MCA_orte_hnp_uri")
+# Our cluster names -> JAX's `cluster_detection_method` names, for a forced (non-auto) choice.
+JAX_DETECTION_METHODS = {"mpi": "ompi", "slurm": "slurm", "gke": "gketpu", "tpu_vm": "gcetpu"}
+CLUSTERS = ("auto", "explicit", "off", *JAX_DETECTION_METHODS)
+# What JAX's SlurmCluster needs; srun sets them for every task (a bare sbatch batch step is not a multi-task step).
+_SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 
 
-def _cluster_detected() -> bool:
-    if any(os.environ.get(name) for name in _CLUSTER_ENV_VARS):
-        # A single-task SLURM allocation (e.g. an interactive shell) is still one process.
-        return os.environ.get("SLURM_NTASKS", "2") != "1"
-    return False
+def on_cloud_tpu_vm() -> bool:
+    """Whether `import jax` found TPU chips and libtpu on this host (a Cloud TPU VM or a GKE TPU node); JAX's own
+    TPU cluster detection asks the same flag."""
+    return cloud_tpu_init.running_in_cloud_tpu_vm
+
+
+def detect_cluster(environ: Mapping[str, str], tpu_vm: bool) -> str | None:
+    """The cluster `jax.distributed.initialize()` would detect ("mpi", "slurm", "gke", "tpu_vm"; JAX's order), or None
+    for a single process. A one-task SLURM allocation (e.g. an interactive shell) is one process."""
+    if "OMPI_MCA_orte_hnp_uri" in environ:
+        return "mpi"
+    if all(name in environ for name in _SLURM_VARS) and environ["SLURM_NTASKS"] != "1":
+        return "slurm"
+    if tpu_vm and (environ.get("TPU_PROCESS_ADDRESSES") or environ.get("TPU_WORKER_HOSTNAMES")):
+        return "gke"
+    if tpu_vm and "TPU_SKIP_MDS_QUERY" not in environ:
+        return "tpu_vm"  # even a single-host TPU VM: the runtime then also delivers TPU maintenance notices
+    return None
 
 
 def _coordinator_unreachable_error(address: str, process_id, timeout_s, detail: str) -> RuntimeError:
+    who = "this process" if process_id is None else f"process {process_id}"
     return RuntimeError(
-        f"process {process_id} could not join the JAX coordinator at {address} within {timeout_s}s ({detail}). "
+        f"{who} could not join the JAX coordinator at {address} within {timeout_s}s ({detail}). "
         "Check that process 0 is running and reachable at that address and port, or raise "
-        "initialize_distributed.initialization_timeout_s."
+        "initialize_distributed.initialization_timeout_s (initialize_distributed.cluster='off' runs one process)."
     )
 
 
@@ -43,9 +70,28 @@ def wait_for_coordinator(address: str, timeout_s: float, process_id=None) -> Non
             time.sleep(0.25)
 
 
+def _resolve_cluster(cluster: str, explicit: bool) -> str | None:
+    """The cluster to start ("explicit", one of JAX_DETECTION_METHODS) or None; checks a forced choice applies."""
+    if cluster not in CLUSTERS:
+        raise ValueError(f"initialize_distributed.cluster={cluster!r} is not one of {', '.join(CLUSTERS)}.")
+    if cluster == "off":
+        return None
+    if explicit or cluster == "explicit":
+        return "explicit"
+    detected = detect_cluster(os.environ, on_cloud_tpu_vm())
+    if cluster != "auto" and detected != cluster:
+        raise ValueError(
+            f"initialize_distributed.cluster={cluster!r}, but this process does not run in that environment "
+            f"(auto-detection sees {detected or 'a single process'}). Start it under that launcher (launch/README.md)"
+            ", or set initialize_distributed.cluster='auto'."
+        )
+    return detected
+
+
 @gin.configurable
 def initialize_distributed(
     *,
+    cluster: str = "auto",
     coordinator_address: str | None = None,
     num_processes: int | None = None,
     process_id: int | None = None,
@@ -55,33 +101,45 @@ def initialize_distributed(
 ) -> bool:
     """Starts JAX's multi-process runtime when the run spans several processes; returns whether it did.
 
-    Explicit (CPU, local multi-process): coordinator_address "host:port", num_processes and process_id, with CPU
-    collectives over `cpu_collectives` (gloo). Automatic: on TPU pods and SLURM/MPI jobs with nothing given.
+    cluster: "auto" (module docstring), or force one of "explicit", "mpi", "slurm", "gke", "tpu_vm", or "off" (one
+    process, whatever the environment says).
+    Explicit (local multi-process): coordinator_address "host:port", num_processes and process_id together, with
+    CPU collectives over `cpu_collectives` (gloo). local_device_ids: devices this process uses (default: JAX's).
     initialization_timeout_s: seconds to wait for every process to reach the coordinator.
     Must run before anything touches a JAX device.
     """
     explicit = coordinator_address is not None or (num_processes or 1) > 1
-    if not explicit and not _cluster_detected():
+    chosen = _resolve_cluster(cluster, explicit)
+    if chosen is None:
         return False
-    if explicit and (coordinator_address is None or num_processes is None or process_id is None):
+    if chosen == "explicit" and (coordinator_address is None or num_processes is None or process_id is None):
         raise ValueError(
             "a multi-process run needs initialize_distributed.coordinator_address, num_processes and process_id "
             f"together; got {coordinator_address=}, {num_processes=}, {process_id=}."
         )
     if jax.config.jax_platforms in (None, "", "cpu") or "cpu" in str(jax.config.jax_platforms):
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
-    if coordinator_address is not None and process_id != 0:
+    if chosen == "explicit" and process_id != 0:
         wait_for_coordinator(coordinator_address, initialization_timeout_s, process_id)
     try:
-        jax.distributed.initialize(
-            coordinator_address=coordinator_address,
-            num_processes=num_processes,
-            process_id=process_id,
-            local_device_ids=local_device_ids,
-            initialization_timeout=initialization_timeout_s,
-        )
+        if chosen == "explicit":
+            jax.distributed.initialize(
+                coordinator_address=coordinator_address,
+                num_processes=num_processes,
+                process_id=process_id,
+                local_device_ids=local_device_ids,
+                initialization_timeout=initialization_timeout_s,
+            )
+        else:
+            # The documented call: no addresses or ids; a forced cluster only pins JAX to that one detector.
+            method = None if cluster == "auto" else JAX_DETECTION_METHODS[chosen]
+            jax.distributed.initialize(
+                local_device_ids=local_device_ids,
+                cluster_detection_method=method,
+                initialization_timeout=initialization_timeout_s,
+            )
     except Exception as error:  # the runtime raises a bare XlaRuntimeError (DEADLINE_EXCEEDED, UNAVAILABLE, ...)
-        where = coordinator_address or "the auto-detected coordinator"
+        where = coordinator_address if chosen == "explicit" else f"the coordinator JAX detected on {chosen}"
         detail = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise _coordinator_unreachable_error(where, process_id, initialization_timeout_s, detail) from error
     return True

@@ -45,6 +45,17 @@ class _PreemptionFlag:
             signal.signal(signal.SIGTERM, self._previous)
 
 
+@gin.configurable
+def preemption_exit_code(code: int = 42) -> int:
+    """maestro-train's exit status when train() stopped early after a preemption save (a finished run exits 0).
+
+    42 is the code xpk restarts a workload on; launch/slurm_gpu.sbatch requeues the job on it (launch/README.md).
+    """
+    if not 0 < code < 256:
+        raise ValueError(f"preemption_exit_code.code={code} is not an exit status in 1..255; bind one (default 42).")
+    return code
+
+
 def _write_operative_config(model_dir: str) -> str:
     text = gin.operative_config_str()
     if jax.process_index() == 0:

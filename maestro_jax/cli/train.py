@@ -1,13 +1,14 @@
 """maestro-train: `maestro-train --gin_file=FILE [--gin_file=...] [--gin.NAME=VALUE ...]`.
 
 Gin files are searched in the current directory, the repository root and the repository's gin/ directory
-(maestro_jax/gin_utils.py says how files and `--gin.X=Y` bindings are read).
+(maestro_jax/gin_utils.py says how files and `--gin.X=Y` bindings are read). Exit status: 0 once train.train_steps
+are done, `preemption_exit_code.code` (42) after a preemption save (launchers restart on it), 2 for a bad config.
 """
 
 import sys
 
 from maestro_jax import distributed, metrics, train
-from maestro_jax.gin_utils import GinConfigError, configure_gin, parse_gin_flags
+from maestro_jax.gin_utils import GinConfigError, configure_gin, parse_gin_flags, query_value
 
 
 def parse_args(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -23,8 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     except GinConfigError as error:
         print(f"maestro-train: {error}", file=sys.stderr)
         return 2
+    preempted_exit_code = train.preemption_exit_code()  # checked before a long run, used after it
     distributed.initialize_distributed()
-    train.train()
+    state = train.train()
+    if int(state.step) < query_value("train.train_steps"):  # train() only returns early after a preemption save
+        return preempted_exit_code
     return 0
 
 
