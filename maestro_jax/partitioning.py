@@ -121,12 +121,46 @@ def logical_to_sharding(logical_specs, mesh: Mesh, rules=None):
     return nn.logical_to_mesh_sharding(logical_specs, mesh, logical_axis_rules() if rules is None else rules)
 
 
+def _indivisible_dims(shape: Sequence[int], sharding: NamedSharding) -> list[tuple[int, tuple[str, ...], int]]:
+    """(dim, mesh axes, shards) for each dim of `shape` that `sharding` cuts into a number of shards not dividing it
+    (jax.jit refuses such uneven shardings with an error that names neither the array nor a setting)."""
+    uneven = []
+    for dim, entry in enumerate(sharding.spec):
+        axes = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+        shards = math.prod(sharding.mesh.shape[axis] for axis in axes)
+        if shape[dim] % shards:
+            uneven.append((dim, axes, shards))
+    return uneven
+
+
 def state_shardings(abstract_boxed_state, mesh: Mesh, rules=None):
     """NamedShardings for every leaf of an abstract state whose params (and optimizer moments) are still boxed.
 
-    Leaves without logical annotations (step counters, rng, scalar optimizer counts) are replicated.
+    Leaves without logical annotations (step counters, rng, scalar optimizer counts) are replicated. A dimension that
+    its mesh axes do not divide raises a ValueError naming the leaf: there is no fallback to replication, since the
+    dims fsdp and tensor shard are the model's widest and replicating them silently would undo the memory saving.
     """
-    return logical_to_sharding(nn.get_partition_spec(abstract_boxed_state), mesh, rules)
+    logical_specs = nn.get_partition_spec(abstract_boxed_state)
+    shardings = logical_to_sharding(logical_specs, mesh, rules)
+    leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(abstract_boxed_state))[0]
+    flat_logical = jax.tree.leaves(logical_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+    uneven = [
+        (path, leaf, names, dims)
+        for (path, leaf), names, sharding in zip(leaves, flat_logical, jax.tree.leaves(shardings), strict=True)
+        if (dims := _indivisible_dims(leaf.shape, sharding))
+    ]
+    if uneven:
+        path, leaf, names, [(dim, axes, shards), *_] = uneven[0]
+        name = names[dim]
+        sizes = " x ".join(f"{axis} = {mesh.shape[axis]}" for axis in axes)
+        raise ValueError(
+            f"{jax.tree_util.keystr(path)} has shape {tuple(leaf.shape)} and logical axes {tuple(names)}; its dim "
+            f"{dim} ('{name}', size {leaf.shape[dim]}) is split over mesh axes {sizes} ({shards} shards), which does "
+            f"not divide {leaf.shape[dim]} ({len(uneven) - 1} more state leaves likewise). Make "
+            f"{' / '.join(f'make_mesh.{axis}' for axis in axes)} a divisor of {leaf.shape[dim]}, change the model size "
+            f"behind '{name}' (ModelConfig), or map '{name}' to None in logical_axis_rules.rules."
+        )
+    return shardings
 
 
 def batch_sharding(mesh: Mesh, rules=None) -> NamedSharding:
@@ -141,21 +175,44 @@ def global_batch(local_batch, mesh: Mesh, rules=None):
     """
     sharding = batch_sharding(mesh, rules)
 
-    def to_global(x):
+    def to_global(path, x):
         x = np.asarray(x)
-        global_shape = (x.shape[0] * jax.process_count(), *x.shape[1:])
-        return jax.make_array_from_process_local_data(sharding, x, global_shape)
+        return jax.make_array_from_process_local_data(sharding, x, _global_batch_shape(path, x, sharding))
 
-    return jax.tree.map(to_global, local_batch)
+    return jax.tree_util.tree_map_with_path(to_global, local_batch)
 
 
 def abstract_global_batch(local_batch, mesh: Mesh, rules=None):
     """ShapeDtypeStructs (with shardings) of the global batch `global_batch(local_batch, ...)` would build."""
     sharding = batch_sharding(mesh, rules)
-    return jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(), *x.shape[1:]), x.dtype, sharding=sharding),
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jax.ShapeDtypeStruct(_global_batch_shape(path, x, sharding), x.dtype, sharding=sharding),
         local_batch,
     )
+
+
+def _global_batch_shape(path, x, sharding: NamedSharding) -> tuple[int, ...]:
+    """[B_local * process_count, ...] of one host-local batch leaf; a ValueError naming the stream and the batch size
+    to change when the devices the `batch` axis spans do not divide that global batch."""
+    processes = jax.process_count()
+    global_shape = (x.shape[0] * processes, *x.shape[1:])
+    for _, axes, shards in _indivisible_dims(global_shape[:1], sharding):
+        multiple = shards // math.gcd(shards, processes)
+        # Batches from the data entry points are {stream: {feature: array}}; their batch sizes are per stream.
+        stream = path[0].key if len(path) > 1 and isinstance(path[0], jax.tree_util.DictKey) else None
+        fix = (
+            f"make {str(stream).upper()}_BATCH_SIZE (train.make_data's {stream}_batch_size, per host) a multiple of "
+            f"{multiple}"
+            if stream is not None
+            else f"make the per-host batch size a multiple of {multiple}"
+        )
+        raise ValueError(
+            f"batch leaf {jax.tree_util.keystr(path)} has a global batch of {global_shape[0]} ({x.shape[0]} per host x "
+            f"{processes} process(es)), but the 'batch' axis is split over mesh axes "
+            f"{' x '.join(f'{axis} = {sharding.mesh.shape[axis]}' for axis in axes)} ({shards} devices), which must "
+            f"divide it; {fix}, or change {' / '.join(f'make_mesh.{axis}' for axis in axes)}."
+        )
+    return global_shape
 
 
 def with_shardings(abstract_tree, shardings):

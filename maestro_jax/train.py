@@ -19,6 +19,7 @@ import optax
 from jax.sharding import Mesh
 
 from maestro_jax import checkpoints, metrics, partitioning, trainer
+from maestro_jax.data import tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def train(
     if optimizer is None:
         optimizer = trainer.make_optimizer(learning_rate=learning_rate_schedule)
     data = make_data(jax.process_index(), jax.process_count(), seed)
+    _check_vocab_size(model, data)
 
     # Peek one batch for shapes, then rewind so the loop sees it again.
     initial_data_state = data.get_state()
@@ -277,6 +279,16 @@ def train(
     if jax.process_index() == 0 and os.path.exists(writer.jsonl_path):
         metrics.plot_loss_curves(writer.jsonl_path, os.path.join(model_dir, "loss_curves.png"))
     return state
+
+
+def _check_vocab_size(model: nn.Module, data) -> None:
+    """Stops before anything compiles when a stream's tokenizer (data with `tokenizer_files`, e.g. MultiStreamBatcher)
+    has another size than the model's vocab_size (`model.config.vocab_size` or `model.vocab_size`)."""
+    config = getattr(model, "config", model)
+    if not hasattr(config, "vocab_size"):
+        return
+    for path in dict.fromkeys(getattr(data, "tokenizer_files", {}).values()):
+        tokenizer.check_vocab_size(path, config.vocab_size, f"{type(config).__name__}.vocab_size")
 
 
 def _close_data(data) -> None:

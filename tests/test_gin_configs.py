@@ -70,3 +70,32 @@ def test_a_run_file_included_after_an_experiment_keeps_its_bindings(name):
         assert gin.query_parameter("make_learning_rate_schedule.decay") == "wsd", name
     finally:
         gin.clear_config()
+
+
+@pytest.mark.parametrize(
+    "bindings,expected",
+    [
+        (
+            ["ModelConfig.vocab_size = 128", "PAIRED_BATCH_SIZE = 8", "SPEECH_BATCH_SIZE = 8"],  # 8 test devices
+            r"spm\.model has 256 pieces but ModelConfig\.vocab_size = 128",
+        ),
+        (["PAIRED_BATCH_SIZE = 3"], r"\['paired'\]\['\w+'\] has a global batch of 3 .*PAIRED_BATCH_SIZE"),
+    ],
+)
+def test_tiny_recipe_with_a_mismatched_binding_stops_before_compiling(tmp_path, monkeypatch, bindings, expected):
+    from maestro_jax import train, trainer
+    from maestro_jax.data import synthetic
+
+    monkeypatch.setattr(trainer, "compile_ahead_of_time", lambda *a: pytest.fail("compiled"))
+    maestro_jax.register_configurables()
+    gin.clear_config()
+    gin.add_config_file_search_path(str(REPO))
+    try:
+        gin.parse_config_files_and_bindings(
+            [str(REPO / "gin" / "experiments" / "tiny_maestro.gin")],
+            [f"MODEL_DIR = '{tmp_path}'", f"CORPUS_DIR = '{synthetic.cached_corpus('tiny')}'", *bindings],
+        )
+        with pytest.raises(ValueError, match=expected):
+            train.train()
+    finally:
+        gin.clear_config()

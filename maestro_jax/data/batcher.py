@@ -327,6 +327,11 @@ class MultiStreamBatcher:
         """Dropped examples per stream and reason, up to the last batch returned."""
         return preprocessors.FilterStats.from_dict(self._returned_state["filter_stats"])
 
+    @property
+    def tokenizer_files(self) -> dict[str, str]:
+        """{stream: sentencepiece model file} of each stream that reads tokens (`train` checks their vocab_size)."""
+        return {name: tasks.tokenizer_file(r.spec.task) for name, r in self._streams.items() if r.spec.needs_text}
+
     def _producer_state(self) -> dict:
         return {
             "version": STATE_VERSION,

@@ -163,8 +163,16 @@ def librispeech_streams(
         speech={f"librispeech_{split}": 1.0 for split in speech_splits},
         text={lm_task: 1.0},
     )
+    for name in streams:
+        missing = tasks.unprepared_tfds_datasets(mixtures[name]) if name in mixtures else []
+        if missing:
+            raise ValueError(
+                f"stream '{name}' is requested (librispeech_streams.streams={tuple(streams)}, i.e. STREAMS) but TFDS "
+                f"{', '.join(missing)} is not prepared; build it (data/README.md) and point "
+                f"librispeech_streams.tfds_data_dir (TFDS_DATA_DIR) at its data_dir, or drop '{name}' from STREAMS"
+            )
     return make_stream_batcher(
-        {name: mixtures[name] for name in streams},
+        {name: mixtures.get(name, name) for name in streams},
         shard_index,
         num_shards,
         seed,
@@ -184,6 +192,10 @@ def _rated_sources(sources, binding: str) -> dict[str, float]:
         raise ValueError(f"{binding} takes a list or a {{path: rate}} dict of paths, not the single string {sources!r}")
     rated = dict(sources) if hasattr(sources, "items") else {source: 1.0 for source in sources}
     return {os.fspath(source): float(rate) for source, rate in rated.items()}
+
+
+# The macros gin/experiments/own_data_maestro.gin binds manifest_streams.paired / .speech / .text to.
+_OWN_DATA_MACROS = {"paired": "PAIRED_MANIFESTS", "speech": "SPEECH_MANIFESTS", "text": "TEXT_FILES"}
 
 
 @gin.configurable
@@ -230,8 +242,9 @@ def manifest_streams(
             raise ValueError(f"unknown stream '{name}' in manifest_streams.streams; the streams are {sorted(sources)}")
         if not sources[name]:
             raise ValueError(
-                f"stream '{name}' is requested (manifest_streams.streams={tuple(streams)}) but "
-                f"manifest_streams.{name} names no file; give it sources or drop the stream"
+                f"stream '{name}' is requested (manifest_streams.streams={tuple(streams)}, i.e. STREAMS) but "
+                f"manifest_streams.{name} names no file; give it sources ({_OWN_DATA_MACROS[name]} in "
+                f"gin/experiments/own_data_maestro.gin) or drop '{name}' from STREAMS"
             )
         rates[name] = {}
         for index, (source, rate) in enumerate(sources[name].items()):

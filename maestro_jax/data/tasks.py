@@ -313,6 +313,30 @@ def resolve_tasks(name: str) -> dict[str, float]:
     )
 
 
+def tokenizer_file(name: str) -> str:
+    """The sentencepiece model file that a task, or every task of a mixture, tokenises with."""
+    files = {
+        os.fspath(seqio.get_mixture_or_task(task).output_features["tokens"].vocabulary.sentencepiece_model_file)
+        for task in resolve_tasks(name)
+    }
+    if len(files) != 1:
+        raise ValueError(f"the tasks of mixture '{name}' tokenise with {sorted(files)}; give them one tokenizer")
+    return files.pop()
+
+
+def unprepared_tfds_datasets(name: str) -> list[str]:
+    """The TFDS datasets ("name:version" under their data_dir) behind a task or mixture that are not prepared.
+
+    seqio would try to download and prepare them on first read, on every host (for LibriSpeech-LM a 4 GB download).
+    """
+    missing = []
+    for task in resolve_tasks(name):
+        source = seqio.get_mixture_or_task(task).source
+        if isinstance(source, seqio.TfdsDataSource) and not source.tfds_dataset.builder.is_prepared():
+            missing.append(f"'{source.tfds_dataset.name}' under {source.tfds_dataset.builder.data_dir_root}")
+    return sorted(set(missing))
+
+
 def only_split(task_name: str) -> str:
     """The split of a single-split task (every task registered here has exactly one)."""
     splits = list(seqio.get_mixture_or_task(task_name).splits)

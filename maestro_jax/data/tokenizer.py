@@ -172,6 +172,22 @@ def check_id_conventions(path: str | Path) -> None:
         )
 
 
+def check_vocab_size(path: str | Path, vocab_size: int, binding: str) -> None:
+    """Raises ValueError unless the sentencepiece model at `path` has exactly `vocab_size` pieces, the model's output
+    and embedding size (`binding` names its gin setting, e.g. "ModelConfig.vocab_size").
+
+    A larger tokenizer gives ids that the embedding gathers as NaN (the NaN guard then skips every step); a smaller one
+    lets decoding emit ids the tokenizer cannot turn back into text.
+    """
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    if pieces != vocab_size:
+        raise ValueError(
+            f"tokenizer {path} has {pieces} pieces but {binding} = {vocab_size}; set {binding} = {pieces} "
+            f"(VOCAB_SIZE in gin/experiments/own_data_maestro.gin), or point the data at a {vocab_size}-piece "
+            "tokenizer (TOKENIZER, i.e. the data's tokenizer_path; synthetic_corpus.vocab_size for the synthetic one)"
+        )
+
+
 def make_vocabulary(path: str | Path):
     """seqio.SentencePieceVocabulary for the model at `path` (pad 0, eos 1, unk 2, no extra ids)."""
     # seqio pulls in TensorFlow; imported here so that training the model does not.

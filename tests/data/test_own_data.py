@@ -144,13 +144,28 @@ def test_manifest_streams_read_any_rate_count_bad_rows_by_kind_and_resume_exactl
 
 
 def test_streams_name_the_binding_for_missing_sources_and_files(own_files, own_tokenizer):
-    with pytest.raises(ValueError, match="manifest_streams.text names no file"):
+    with pytest.raises(ValueError, match="manifest_streams.text names no file.*TEXT_FILES.*drop 'text' from STREAMS"):
         own_streams(own_files, own_tokenizer, text=[])
     with pytest.raises(FileNotFoundError, match="nothing-here-.*matches no file"):
         own_streams(own_files, own_tokenizer, text=[str(own_files["root"] / "nothing-here-*.txt")])
     with pytest.raises(ValueError, match="1 file\\(s\\) but the job reads 2 input shards"):
         pipeline.manifest_streams(
             0, 2, 0, tokenizer_path=own_tokenizer, streams=("text",), text=[own_files["text"]], prefetch=0
+        )
+
+
+def test_train_stops_before_compiling_on_a_tokenizer_of_another_size_than_the_model(own_files, own_tokenizer, tmp_path):
+    from maestro_jax import train
+    from maestro_jax.models.config import ModelConfig
+    from maestro_jax.models.model import SpeechTextModel
+
+    with pytest.raises(ValueError, match=f"{own_tokenizer} has {VOCAB_SIZE} pieces but ModelConfig.vocab_size = 256"):
+        train.train(
+            model_dir=str(tmp_path),
+            model=SpeechTextModel(ModelConfig(vocab_size=256)),
+            objective=lambda *args: pytest.fail("reached the objective"),
+            make_data=lambda *args: own_streams(own_files, own_tokenizer),
+            train_steps=1,
         )
 
 

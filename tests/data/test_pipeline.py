@@ -31,6 +31,8 @@ def test_synthetic_streams_follow_the_contract():
     try:
         with pipeline.synthetic_streams(0, 1, 0, paired_batch_size=2, speech_batch_size=3, text_batch_size=4) as data:
             batch = next(data)
+            spm_path = str(corpus_dir / "spm" / "spm.model")
+            assert data.tokenizer_files == {"paired": spm_path, "text": spm_path}
     finally:
         gin.clear_config()
     check_contract({"paired": batch["paired"]}, ["paired"], 2)
@@ -66,8 +68,10 @@ def test_synthetic_streams_bucket_audio_and_refuse_buckets_across_hosts():
         gin.clear_config()
 
 
-def test_librispeech_streams_on_mock_data():
+def test_librispeech_streams_on_mock_data(monkeypatch):
     spm_path = synthetic.cached_corpus("tiny") / "spm" / "spm.model"
+    # mock_data fakes the records but not the prepared-dataset marker librispeech_streams checks first.
+    monkeypatch.setattr(tfds.core.DatasetBuilder, "is_prepared", lambda self: True)
     with tfds.testing.mock_data(num_examples=6):
         with pipeline.librispeech_streams(
             0,
@@ -85,5 +89,22 @@ def test_librispeech_streams_on_mock_data():
             prefetch=0,
         ) as data:
             batch = next(data)
+            assert data.tokenizer_files == {"paired": str(spm_path), "text": str(spm_path)}
     for name in ("paired", "speech", "text"):
         check_contract({name: batch[name]}, [name], 2)
+
+
+def test_librispeech_text_stream_without_prepared_lm_text_names_the_bindings(tmp_path):
+    """seqio would start downloading and preparing the 4 GB LibriSpeech-LM text on every host instead."""
+    spm_path = synthetic.cached_corpus("tiny") / "spm" / "spm.model"
+    with pytest.raises(
+        ValueError,
+        match=(
+            r"stream 'text' is requested \(librispeech_streams.streams=\('text',\), i.e. STREAMS\) but TFDS "
+            rf"'librispeech_lm:0.\*.\*' under {tmp_path} is not prepared.*librispeech_streams.tfds_data_dir "
+            r"\(TFDS_DATA_DIR\).*drop 'text' from STREAMS"
+        ),
+    ):
+        pipeline.librispeech_streams(
+            0, 1, 0, tokenizer_path=str(spm_path), tfds_data_dir=str(tmp_path), streams=("text",)
+        )

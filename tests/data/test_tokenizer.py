@@ -53,3 +53,11 @@ def test_training_is_deterministic_and_required_chars_are_kept(tmp_path, split_t
 def test_impossible_vocab_size_names_the_option(tmp_path):
     with pytest.raises(RuntimeError, match="--vocab_size"):
         tokenizer.train_sentencepiece(["a b c", "b c a"], tmp_path / "x.model", vocab_size=5000)
+
+
+def test_vocab_size_check_names_the_tokenizer_and_the_model_binding(tiny_corpus):
+    path = tiny_corpus / "spm" / "spm.model"
+    tokenizer.check_vocab_size(path, 256, "ModelConfig.vocab_size")
+    for model_size in (128, 512):  # too few rows (NaN embeddings) and too many (undecodable ids) both stop
+        with pytest.raises(ValueError, match=f"{path} has 256 pieces but ModelConfig.vocab_size = {model_size}; set"):
+            tokenizer.check_vocab_size(path, model_size, "ModelConfig.vocab_size")

@@ -7,7 +7,7 @@ import pytest
 import trainer_toy as toy
 from jax.sharding import PartitionSpec
 
-from maestro_jax import partitioning, trainer
+from maestro_jax import partitioning, train, trainer
 
 
 def test_mesh_fills_minus_one_and_rejects_bad_sizes():
@@ -75,3 +75,44 @@ def test_global_batch_is_sharded_over_data_axes():
     assert batch["x"].sharding.spec == PartitionSpec(("data", "fsdp"))
     assert {shard.data.shape for shard in batch["x"].addressable_shards} == {(2, toy.FEATURES)}
     np.testing.assert_array_equal(np.asarray(batch["x"]), local["x"])
+
+
+def test_global_batch_the_batch_axes_do_not_divide_names_the_stream_batch_size():
+    mesh = partitioning.make_mesh(data=4, fsdp=2, tensor=1)
+    local = {"paired": {"tokens": np.zeros((6, 3), np.int32)}}
+    expected = (
+        "global batch of 6 .*data = 4 x fsdp = 2 .*PAIRED_BATCH_SIZE.* a multiple of 8.*make_mesh.data / make_mesh.fsdp"
+    )
+    with pytest.raises(ValueError, match=expected):
+        partitioning.abstract_global_batch(local, mesh)
+    with pytest.raises(ValueError, match=expected):
+        partitioning.global_batch(local, mesh)
+
+
+def test_train_stops_before_compiling_on_a_batch_the_mesh_does_not_divide(tmp_path, monkeypatch):
+    monkeypatch.setattr(trainer, "compile_ahead_of_time", lambda *a: pytest.fail("compiled"))
+    with pytest.raises(ValueError, match="global batch of 4 .*data = 8 .*per-host batch size a multiple of 8"):
+        train.train(
+            model_dir=str(tmp_path),
+            model=toy.ToyMLP(),
+            objective=toy.toy_objective,
+            make_data=lambda *args: toy.ToyBatcher(*args, global_batch_size=4),
+            train_steps=1,
+            mesh=partitioning.make_mesh(data=8),
+        )
+
+
+def test_fsdp_size_that_does_not_divide_a_param_names_it_and_the_bindings():
+    """No silent replication: the toy's [16, 32] kernels shard their 16-wide 'embed' dim over fsdp = 3."""
+    mesh = partitioning.make_mesh(data=1, fsdp=3, tensor=1, devices=jax.devices()[:3])
+    rules = partitioning.logical_axis_rules()
+    batch = next(toy.ToyBatcher(0, 1, 0, global_batch_size=3))
+    init_fn = trainer.make_init_fn(toy.ToyMLP(), optax.adam(1e-3), use_ema=False)
+    abstract_batch = partitioning.abstract_global_batch(batch, mesh, rules)
+    expected = (
+        r"\.params\['Dense_0'\]\['kernel'\] has shape \(16, 32\) and logical axes \('embed', 'mlp'\); its dim 0 "
+        r"\('embed', size 16\) is split over mesh axes fsdp = 3 .*make_mesh.fsdp a divisor of 16.*"
+        r"logical_axis_rules.rules"
+    )
+    with pytest.raises(ValueError, match=expected):
+        trainer.abstract_and_shardings(init_fn, jax.random.PRNGKey(0), abstract_batch, mesh, rules)
