@@ -143,7 +143,7 @@ def train(
         async_save=async_checkpointing,
     )
     if checkpointer.latest_step() is not None:
-        state, data_state, _ = checkpointer.restore(None, setup.abstract_state)
+        state, data_state, _ = checkpointer.restore(None, setup.abstract_state, config_text=gin.operative_config_str())
         data.set_state(data_state)
         log.info("restored step %d from %s", int(state.step), checkpointer.directory)
         if int(state.step) >= train_steps:  # nothing to train: skip compiling the step

@@ -41,7 +41,7 @@ def final_params(model_dir):
     return int(state.step), jax.device_get(state.params)
 
 
-def in_process_reference(model_dir, devices):
+def in_process_reference(model_dir, devices, train_steps=STEPS):
     """The same run as `toy.write_gin` describes, uninterrupted and in this process, on `devices`."""
     schedule = trainer.make_learning_rate_schedule(peak_learning_rate=0.01, warmup_steps=2)
     train.train(
@@ -49,7 +49,7 @@ def in_process_reference(model_dir, devices):
         model=toy.ToyMLP(),
         objective=toy.toy_objective,
         make_data=toy.ToyBatcher,
-        train_steps=STEPS,
+        train_steps=train_steps,
         learning_rate_schedule=schedule,
         log_every_steps=1,
         progress_bar=False,
