@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import optax
 
 from maestro_jax import partitioning
+from maestro_jax.objectives import reductions
 
 
 @flax.struct.dataclass
@@ -159,27 +160,66 @@ def split_microbatches(batch, num_microbatches: int):
     return jax.tree.map(split, batch)
 
 
-def make_grad_fn(model: nn.Module, objective: Callable, *, num_microbatches: int = 1) -> Callable:
-    """`grad_fn(params, model_state, batch, rng, step) -> (loss, metrics, grads)` averaged over microbatches.
-
-    With M microbatches the result is the mean of the M microbatch means, which equals the full-batch mean for
-    objectives that average equally weighted examples.
-    """
+def _objective_loss(model: nn.Module, objective: Callable) -> Callable:
+    """`loss_fn(params, model_state, batch, rng, step) -> (loss, metrics)`: the objective on {"params", **state}."""
 
     def loss_fn(params, model_state, batch, rng, step):
         return objective(model, {"params": params, **model_state}, batch, rng, step)
 
+    return loss_fn
+
+
+def make_count_fn(model: nn.Module, objective: Callable, *, num_microbatches: int) -> Callable:
+    """`count_fn(params, model_state, batch, rng, step) -> tuple of f32[]`: the count behind each batch-level mean
+    the objective makes (`objectives.reductions.batch_mean`, in call order), summed over the microbatches of `batch`.
+
+    Microbatch m is `split_microbatches`'s and draws from fold_in(rng, m), as in `make_grad_fn`. Forward only, and
+    only the counts are returned, so under jit XLA drops the model: what remains is length arithmetic and masks.
+    """
+    loss_fn = _objective_loss(model, objective)
+
+    def count_fn(params, model_state, batch, rng, step):
+        def count(carry, xs):
+            index, microbatch = xs
+            with reductions.counting() as counts:
+                loss_fn(params, model_state, microbatch, jax.random.fold_in(rng, index), step)
+            return carry, tuple(counts)
+
+        micro = split_microbatches(batch, num_microbatches)
+        _, counts = jax.lax.scan(count, None, (jnp.arange(num_microbatches), micro))
+        return tuple(jnp.sum(c) for c in counts)
+
+    return count_fn
+
+
+def make_grad_fn(model: nn.Module, objective: Callable, *, num_microbatches: int = 1) -> Callable:
+    """`grad_fn(params, model_state, batch, rng, step) -> (loss, metrics, grads)` of the whole batch.
+
+    With M > 1 microbatches (`split_microbatches`; microbatch m draws from fold_in(rng, m)) the whole batch's count
+    behind each of the objective's batch-level means (tokens, frames, examples) comes first (`make_count_fn`); every
+    microbatch then divides its totals by those counts (`objectives.reductions`), so the mean over microbatches of
+    the losses, gradients and metrics built from these reductions is the whole batch's to float error, however
+    unequal the microbatches. Whatever an objective reduces otherwise (e.g. a plain jnp.mean) is the mean of its
+    microbatch values, exact for equally weighted examples. M = 1 runs the objective once, with no counting.
+    """
+    loss_fn = _objective_loss(model, objective)
     value_and_grad = jax.value_and_grad(loss_fn, has_aux=True)
+    count_fn = make_count_fn(model, objective, num_microbatches=num_microbatches)
 
     def grad_fn(params, model_state, batch, rng, step):
         if num_microbatches == 1:
             (loss, metrics), grads = value_and_grad(params, model_state, batch, rng, step)
             return loss, metrics, grads
+        counts = count_fn(params, model_state, batch, rng, step)
+
+        def microbatch_loss(params, microbatch, microbatch_rng):
+            with reductions.accumulating(counts, num_microbatches):
+                return loss_fn(params, model_state, microbatch, microbatch_rng, step)
 
         def accumulate(carry, xs):
             index, microbatch = xs
-            (loss, metrics), grads = value_and_grad(
-                params, model_state, microbatch, jax.random.fold_in(rng, index), step
+            (loss, metrics), grads = jax.value_and_grad(microbatch_loss, has_aux=True)(
+                params, microbatch, jax.random.fold_in(rng, index)
             )
             return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 

@@ -23,3 +23,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fresh_gin_config_per_file():
+    """Each test file starts from an empty, unlocked gin config: pytest-xdist (scripts/test.sh) runs the files in a
+    different order on each worker, and a run that finalized gin in one file must not lock the next file's."""
+    import gin
+
+    with gin.unlock_config():
+        gin.clear_config()
+    yield

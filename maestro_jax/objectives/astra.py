@@ -41,6 +41,7 @@ from maestro_jax.objectives.common import (
     supervised_speech_terms,
     transducer_nll,
 )
+from maestro_jax.objectives.reductions import batch_mean
 from maestro_jax.objectives.transducer import TransducerLoss
 
 
@@ -75,7 +76,7 @@ def consistency_terms(
         posteriors = rnnt_arc_posteriors(log_probs, tokens, jnp.maximum(frame_length, 1), token_length)
         posteriors = jax.lax.stop_gradient(posteriors) * token_mask[:, None, :]
         expected = jnp.sum(posteriors * vector_distance(e_s[:, :, None, :], e_t[:, None, :, :], distance))
-        loss = expected / jnp.maximum(jnp.sum(token_mask), 1).astype(jnp.float32)
+        loss = batch_mean(expected, jnp.sum(token_mask))
     elif consistency == "hard":
         emit_frames = best_path_emit_frames(
             model, variables, aligner, encoding, tokens, token_length, chunk_size=chunk_size

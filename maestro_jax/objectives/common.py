@@ -1,5 +1,6 @@
 """Pieces every objective shares: the bound model, the transducer, CTC and BEST-RQ terms, the settings MAESTRO and
-ASTRA share (`TextInjection`), fp32 reductions. Every `*_terms` helper returns `Terms`.
+ASTRA share (`TextInjection`), fp32 reductions (batch-level ones through `reductions`, which keeps gradient
+accumulation exact). Every `*_terms` helper returns `Terms`.
 
 Shapes: B batch, N samples, T0 10 ms frames, T encoder frames, U tokens, J joint dim, K BEST-RQ codebook size.
 """
@@ -18,6 +19,7 @@ from maestro_jax.losses.alignment import rnnt_viterbi_alignment
 from maestro_jax.losses.ctc import ctc_forced_alignment, ctc_loss
 from maestro_jax.losses.rnnt import rnnt_log_probs_fused, rnnt_loss_fused
 from maestro_jax.models.bestrq import span_mask
+from maestro_jax.objectives.reductions import batch_mean, batch_total
 from maestro_jax.objectives.transducer import TransducerLoss, pruned_transducer_nll
 
 Model = TypeVar("Model", bound=nn.Module)
@@ -93,9 +95,10 @@ class TextInjection:
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Mean of `values` over `mask` (same shape, or broadcastable), in fp32; 0 when nothing is valid."""
+    """Mean of `values` over `mask` (same shape, or broadcastable), in fp32; 0 when nothing is valid. A batch-level
+    mean (`reductions.batch_mean`): exact under gradient accumulation."""
     mask = jnp.broadcast_to(mask, values.shape).astype(jnp.float32)
-    return jnp.sum(values.astype(jnp.float32) * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return batch_mean(jnp.sum(values.astype(jnp.float32) * mask), jnp.sum(mask))
 
 
 def active_from(step: jax.Array, start_step: int) -> jax.Array:
@@ -150,9 +153,10 @@ def transducer_nll(
 
 
 def per_token(nll: jax.Array, valid: jax.Array, token_length: jax.Array) -> jax.Array:
-    """Sum of per-example NLL over the batch's valid tokens (fp32): the loss scale is independent of U."""
+    """Sum of per-example NLL over the batch's valid tokens (fp32): the loss scale is independent of U. A batch-level
+    mean (`reductions.batch_mean`): exact under gradient accumulation."""
     tokens = jnp.sum(jnp.where(valid, token_length, 0).astype(jnp.float32))
-    return jnp.sum(jnp.where(valid, nll, 0.0).astype(jnp.float32)) / jnp.maximum(tokens, 1.0)
+    return batch_mean(jnp.sum(jnp.where(valid, nll, 0.0).astype(jnp.float32)), tokens)
 
 
 def durations_from_emit_frames(emit_frames: jax.Array, frame_length: jax.Array, token_length: jax.Array) -> jax.Array:
@@ -206,7 +210,7 @@ def ctc_terms(model, variables, h, h_length, tokens, token_length) -> Terms:
     loss, feasible = ctc_loss(logits, h_length, tokens, token_length)
     feasible = feasible & (token_length > 0)
     ctc = per_token(loss, feasible, token_length)
-    infeasible = jnp.sum(~feasible & (token_length > 0)).astype(jnp.float32)
+    infeasible = batch_total(~feasible & (token_length > 0))
     return Terms(ctc, {"ctc_loss": ctc, "ctc_infeasible": infeasible})
 
 
@@ -236,13 +240,13 @@ def supervised_speech_terms(
     )
     rnnt = per_token(nll, valid, token_length)
     total = rnnt
-    metrics = {"rnnt_loss": rnnt, "paired_examples": jnp.sum(valid).astype(jnp.float32)}
+    metrics = {"rnnt_loss": rnnt, "paired_examples": batch_total(valid)}
     if parts:  # the pruned loss: rnnt_loss above is its weighted sum
         feasible = valid & parts["pruned_feasible"]
         metrics.update(
             rnnt_simple_loss=per_token(parts["simple"], valid, token_length),
             rnnt_pruned_loss=per_token(parts["pruned"], feasible, token_length),
-            rnnt_pruned_infeasible=jnp.sum(valid & ~feasible).astype(jnp.float32),
+            rnnt_pruned_infeasible=batch_total(valid & ~feasible),
         )
     if ctc_weight > 0:
         ctc = ctc_terms(model, variables, h, frame_length, tokens, token_length)
@@ -283,7 +287,7 @@ def bestrq_terms(model, variables, stream, rng, masking: BestRQMasking | None = 
     metrics = {
         "bestrq_loss": loss,
         "bestrq_accuracy": accuracy,
-        "bestrq_masked_frames": jnp.sum(targets).astype(jnp.float32),
+        "bestrq_masked_frames": batch_total(targets),
     }
     return Terms(loss, metrics)
 

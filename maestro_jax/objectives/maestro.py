@@ -41,6 +41,7 @@ from maestro_jax.objectives.common import (
     supervised_speech_terms,
     transducer_nll,
 )
+from maestro_jax.objectives.reductions import batch_mean, batch_total
 from maestro_jax.objectives.transducer import TransducerLoss
 
 
@@ -68,10 +69,12 @@ def modality_matching_terms(
     predicted = bound(model, variables, rng_duration).predict_durations(e_t, token_length, train=True)
     token_mask = frame_mask(token_length, tokens.shape[1])
     duration_loss = masked_mean(jnp.square(predicted - durations.astype(jnp.float32)), token_mask)
-    upsampled, upsampled_length = bound(model, variables, rng_refine).upsample_text(
+    upsampled, _ = bound(model, variables, rng_refine).upsample_text(
         e_t, durations, token_length, max_frames=e_s.shape[1], train=True
     )
-    both_valid = frame_mask(jnp.minimum(frame_length, upsampled_length), e_s.shape[1])
+    # A transcript's durations sum to its frame_length, so the upsampled text covers exactly the valid speech frames:
+    # the frame count then follows from lengths, without the alignment (cheap for reductions.counting).
+    both_valid = frame_mask(jnp.where(token_length > 0, frame_length, 0), e_s.shape[1])
     matching_loss = masked_mean(jnp.mean(jnp.square(e_s - upsampled), axis=-1), both_valid)
     metrics = {
         "modality_matching_loss": matching_loss,
@@ -109,12 +112,13 @@ def text_injection_terms(
     nll, valid, _, _ = transducer_nll(
         model, variables, h, frame_length, tokens, token_length, rng=rng_pred, step=step, loss=loss
     )
-    text_loss = per_token(nll, valid, token_length)
-    truncated = jnp.sum(jnp.where(valid, jnp.sum(durations, axis=1) > max_frames, False))
+    # Every token lasts at least one frame, so the examples with tokens are the valid ones (nll is 0 elsewhere): the
+    # token count then follows from lengths, without the duration model (cheap for reductions.counting).
+    text_loss = per_token(nll, token_length > 0, token_length)
     metrics = {
         "text_rnnt_loss": text_loss,
-        "text_frames_per_token": jnp.sum(frame_length) / jnp.maximum(jnp.sum(token_length), 1),
-        "text_truncated": truncated.astype(jnp.float32),
+        "text_frames_per_token": batch_mean(jnp.sum(frame_length), jnp.sum(token_length)),
+        "text_truncated": batch_total(valid & (jnp.sum(durations, axis=1) > max_frames)),
     }
     return Terms(text_loss, metrics)
 

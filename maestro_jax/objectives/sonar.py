@@ -16,6 +16,7 @@ import optax
 from maestro_jax import checkpoints
 from maestro_jax.models.sonar_text import PAD_ID, UNK_ID, teacher_forcing_pair
 from maestro_jax.objectives.common import bound, masked_mean
+from maestro_jax.objectives.reductions import batch_total
 
 TEACHER_COLLECTION = "teacher"
 
@@ -115,7 +116,7 @@ def sonar_text(
         "loss": masked_mean(token_loss, target_mask),
         "token_accuracy": masked_mean(correct, target_mask),
         "sentence_accuracy": masked_mean(jnp.all(correct, axis=1), has_target),
-        "num_tokens": jnp.sum(target_mask).astype(jnp.float32),
+        "num_tokens": batch_total(target_mask),
     }
     return metrics["loss"], metrics
 

@@ -10,6 +10,7 @@ import gin
 import jax
 
 from maestro_jax.objectives.common import Terms, ctc_terms, encode_paired_speech, supervised_speech_terms
+from maestro_jax.objectives.reductions import batch_total
 
 
 def ctc_speech_terms(model, variables, stream, rng) -> Terms:
@@ -17,7 +18,7 @@ def ctc_speech_terms(model, variables, stream, rng) -> Terms:
     _, h, frame_length = encode_paired_speech(model, variables, stream, *jax.random.split(rng))
     ctc = ctc_terms(model, variables, h, frame_length, stream["tokens"], stream["token_length"])
     valid = (frame_length > 0) & (stream["token_length"] > 0)
-    return Terms(ctc.loss, {**ctc.metrics, "paired_examples": valid.sum().astype(ctc.loss.dtype)})
+    return Terms(ctc.loss, {**ctc.metrics, "paired_examples": batch_total(valid)})
 
 
 @gin.configurable

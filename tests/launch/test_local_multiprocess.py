@@ -81,7 +81,7 @@ def test_a_signal_to_the_launcher_reaches_every_process(log_dir, signum, expecte
     launcher = start(log_dir, 3)
     started = logs(log_dir, 3)
     launcher.send_signal(signum)
-    assert launcher.wait(timeout=30) == expected_status, launcher.stderr.read()
+    assert launcher.wait(timeout=120) == expected_status, launcher.stderr.read()
     assert [rows[1:] for rows in logs(log_dir, 3, wait_for="signal")] == [[f"signal {int(signum)}"]] * 3
     assert_gone(started)
 
@@ -97,5 +97,5 @@ def test_one_process_dying_stops_the_others_and_fails(log_dir):
 
 def test_processes_that_finish_exit_zero(log_dir):
     launcher = start(log_dir, 2, "--run_s=0.2")
-    assert launcher.wait(timeout=30) == 0, launcher.stderr.read()
+    assert launcher.wait(timeout=120) == 0, launcher.stderr.read()
     assert [rows[1:] for rows in logs(log_dir, 2, wait_for="finished")] == [["finished"]] * 2

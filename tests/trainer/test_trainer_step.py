@@ -9,6 +9,8 @@ import pytest
 import trainer_toy as toy
 
 from maestro_jax import metrics, trainer
+from maestro_jax.objectives import reductions
+from maestro_jax.objectives.common import masked_mean
 
 
 @pytest.fixture(scope="module")
@@ -35,6 +37,29 @@ def test_grad_accumulation_equals_full_batch(setup):
     np.testing.assert_allclose(accumulated_loss, full_loss, rtol=1e-6)
     for full, accumulated in zip(jax.tree.leaves(full_grads), jax.tree.leaves(accumulated_grads)):
         np.testing.assert_allclose(accumulated, full, rtol=1e-5, atol=1e-7)
+    assert float(optax.global_norm(full_grads)) > 1e-3
+
+
+def masked_objective(model, variables, batch, rng, step):
+    """MSE over batch["mask"] bool[B, F] (a per-frame-like mean) plus its count, through objectives.reductions."""
+    squared_error = jnp.square(model.apply(variables, batch, train=True) - batch["y"])
+    loss = masked_mean(squared_error, batch["mask"])
+    return loss, {"masked_mse": loss, "masked": reductions.batch_total(batch["mask"])}
+
+
+def test_grad_accumulation_is_exact_for_unequal_masks(setup):
+    """Microbatch m of 4 holds examples m, m + 4: their masks keep 1 + 2 + 3 + ... features, unequal counts."""
+    model, batch, _, state = setup
+    kept = 1 + (np.arange(8) * 5) % 16
+    batch = {**batch, "mask": jnp.arange(16)[None, :] < kept[:, None]}
+    args = (state.params, state.model_state, batch, jax.random.PRNGKey(1), jnp.int32(0))
+    full_loss, full_metrics, full_grads = trainer.make_grad_fn(model, masked_objective)(*args)
+    loss, accumulated_metrics, grads = jax.jit(trainer.make_grad_fn(model, masked_objective, num_microbatches=4))(*args)
+    np.testing.assert_allclose(loss, full_loss, rtol=1e-6)
+    np.testing.assert_allclose(accumulated_metrics["masked_mse"], full_metrics["masked_mse"], rtol=1e-6)
+    assert float(accumulated_metrics["masked"]) == float(full_metrics["masked"]) == kept.sum()
+    for full, got in zip(jax.tree.leaves(full_grads), jax.tree.leaves(grads)):
+        np.testing.assert_allclose(got, full, rtol=1e-5, atol=1e-7)
     assert float(optax.global_norm(full_grads)) > 1e-3
 
 
