@@ -5,6 +5,9 @@ Layers name their axes logically (`batch`, `length`, `embed`, `mlp`, `heads`, `k
 CPU device and a multi-slice pod: only the mesh sizes change.
 """
 
+import collections
+import functools
+import logging
 import math
 from collections.abc import Sequence
 
@@ -14,6 +17,8 @@ import jax
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+log = logging.getLogger(__name__)
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -40,8 +45,11 @@ def logical_axis_rules(rules: Sequence[tuple[str, str | tuple[str, ...] | None]]
     return tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
 
 
-def _resolve_fill(sizes: Sequence[int], total: int, what: str) -> tuple[int, ...]:
-    """Replaces a single -1 in `sizes` by whatever makes their product equal `total`."""
+def _resolve_fill(sizes: Sequence[int], total: int, what: str, counted: str, bindings: str) -> tuple[int, ...]:
+    """Replaces a single -1 in `sizes` by whatever makes their product equal `total`.
+
+    `counted` names what `total` counts and `bindings` the gin bindings that set `sizes`, for the errors.
+    """
     sizes = list(sizes)
     if sizes.count(-1) > 1:
         raise ValueError(f"{what} sizes {dict(zip(MESH_AXES, sizes))}: at most one axis may be -1 ('the rest').")
@@ -49,16 +57,33 @@ def _resolve_fill(sizes: Sequence[int], total: int, what: str) -> tuple[int, ...
     if -1 in sizes:
         if total % known:
             raise ValueError(
-                f"{what} sizes {dict(zip(MESH_AXES, sizes))} do not divide the {total} available devices; "
-                "change make_mesh.data/fsdp/tensor."
+                f"{what} sizes {dict(zip(MESH_AXES, sizes))} do not divide the {total} {counted}; change {bindings}."
             )
         sizes[sizes.index(-1)] = total // known
     if math.prod(sizes) != total:
         raise ValueError(
-            f"{what} sizes {dict(zip(MESH_AXES, sizes))} multiply to {math.prod(sizes)} but {total} devices are "
-            "available; set one of make_mesh.data/fsdp/tensor to -1 to take the rest."
+            f"{what} sizes {dict(zip(MESH_AXES, sizes))} multiply to {math.prod(sizes)}, not to the {total} "
+            f"{counted}; set one of {bindings} to -1 to take the rest."
         )
     return tuple(sizes)
+
+
+def devices_per_slice(devices: Sequence[jax.Device]) -> dict[int, int]:
+    """{slice_index: device count}: the slices a job spans, joined by the slow network (DCN). TPU multi-slice sets
+    `device.slice_index`, and XLA numbers GPU hosts (NVLink domains) the same way; {0: len(devices)} for devices
+    without one (CPU)."""
+    if not all(hasattr(d, "slice_index") for d in devices):
+        return {0: len(devices)}
+    return dict(sorted(collections.Counter(d.slice_index for d in devices).items()))
+
+
+@functools.cache
+def _warn_plain_reshape(platform: str) -> None:
+    log.warning(
+        "%s devices have no physical topology (no device.coords): the mesh is a plain reshape of the devices in "
+        "their order, with no torus to follow.",
+        platform,
+    )
 
 
 def device_grid(
@@ -66,25 +91,48 @@ def device_grid(
     data: int = -1,
     fsdp: int = 1,
     tensor: int = 1,
-    dcn_data: int = 1,
+    dcn_data: int = -1,
     dcn_fsdp: int = 1,
     dcn_tensor: int = 1,
     devices: Sequence[jax.Device],
 ) -> np.ndarray:
     """The [data, fsdp, tensor] array of devices `make_mesh` wraps (sizes as in `make_mesh`)."""
     devices = list(devices)
-    dcn_shape = (dcn_data, dcn_fsdp, dcn_tensor)
-    num_slices = math.prod(dcn_shape)
-    if len(devices) % num_slices:
-        raise ValueError(f"{len(devices)} devices cannot form {num_slices} slices (make_mesh.dcn_* = {dcn_shape}).")
-    ici_shape = _resolve_fill((data, fsdp, tensor), len(devices) // num_slices, "make_mesh ICI")
-    if num_slices > 1:
-        return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices=devices)
+    per_slice = devices_per_slice(devices)
+    if len(set(per_slice.values())) > 1:
+        raise ValueError(
+            f"The mesh devices are spread unevenly over slices ({{slice_index: devices}} = {per_slice}); pass "
+            "make_mesh(devices=...) whole slices."
+        )
+    dcn_shape = _resolve_fill(
+        (dcn_data, dcn_fsdp, dcn_tensor),
+        len(per_slice),
+        "make_mesh DCN",
+        "slice(s) the devices span (distinct device.slice_index; 1 where devices have none)",
+        "make_mesh.dcn_data/dcn_fsdp/dcn_tensor",
+    )
+    ici_shape = _resolve_fill(
+        (data, fsdp, tensor),
+        len(devices) // len(per_slice),
+        "make_mesh ICI",
+        "devices per slice (make_mesh.dcn_data/dcn_fsdp/dcn_tensor span slices)",
+        "make_mesh.data/fsdp/tensor",
+    )
+    if not all(hasattr(d, "coords") for d in devices):
+        _warn_plain_reshape(devices[0].platform)
     try:
+        if len(per_slice) > 1:
+            return mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices=devices)
         return mesh_utils.create_device_mesh(ici_shape, devices=devices)
-    except (ValueError, NotImplementedError, AssertionError):
-        # Device subsets (tests, odd counts) have no physical topology to follow.
-        return np.asarray(devices).reshape(ici_shape)
+    except (ValueError, NotImplementedError, AssertionError) as e:
+        # Only devices with a physical topology (TPU coords) get here: a plain reshape would route the fsdp/tensor
+        # collectives over whichever links happen to join the devices it pairs.
+        raise ValueError(
+            f"make_mesh ICI sizes {dict(zip(MESH_AXES, ici_shape))} do not fit the physical topology of the "
+            f"{len(devices) // len(per_slice)} {devices[0].device_kind} devices per slice ({e}); choose "
+            "make_mesh.data/fsdp/tensor that split the slice's torus along its axes, or pass whole slices in "
+            "make_mesh(devices=...)."
+        ) from e
 
 
 @gin.configurable
@@ -93,7 +141,7 @@ def make_mesh(
     data: int = -1,
     fsdp: int = 1,
     tensor: int = 1,
-    dcn_data: int = 1,
+    dcn_data: int = -1,
     dcn_fsdp: int = 1,
     dcn_tensor: int = 1,
     devices: Sequence[jax.Device] | None = None,
@@ -101,8 +149,10 @@ def make_mesh(
     """A (data, fsdp, tensor) mesh over `devices` (default: all global devices).
 
     data/fsdp/tensor are the sizes within one slice (ICI); one of them may be -1 for "the rest". dcn_* are the
-    number of slices along each axis (multi-slice over DCN); when any is > 1 the mesh comes from
-    `mesh_utils.create_hybrid_device_mesh` so that only the DCN axes cross slices. Mesh axis sizes are ici * dcn.
+    number of slices along each axis (multi-slice over DCN); one may be -1 for "the rest" of the slices the devices
+    span (`devices_per_slice`), so by default `dcn_data` is the number of slices and only data parallelism crosses
+    DCN. Over several slices the mesh comes from `mesh_utils.create_hybrid_device_mesh`, so that only the DCN axes
+    cross slices. Mesh axis sizes are ici * dcn.
     """
     grid = device_grid(
         data=data,

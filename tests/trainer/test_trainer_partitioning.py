@@ -30,7 +30,7 @@ def test_hybrid_mesh_puts_dcn_axis_across_slices():
     grid = partitioning.device_grid(data=1, fsdp=-1, tensor=1, dcn_data=2, devices=devices)
     assert grid.shape == (2, 4, 1)
     assert {d.slice_index for d in grid[0].flat} == {0} and {d.slice_index for d in grid[1].flat} == {1}
-    with pytest.raises(ValueError, match="cannot form 3 slices"):
+    with pytest.raises(ValueError, match="multiply to 3, not to the 2 slice.*make_mesh.dcn_data"):
         partitioning.device_grid(dcn_data=3, devices=devices)
 
 
@@ -116,3 +116,47 @@ def test_fsdp_size_that_does_not_divide_a_param_names_it_and_the_bindings():
     )
     with pytest.raises(ValueError, match=expected):
         trainer.abstract_and_shardings(init_fn, jax.random.PRNGKey(0), abstract_batch, mesh, rules)
+
+
+class FakeTPUDevice:
+    """What mesh_utils reads of a TPU v4 chip: slices of 2x2x1 chips at coords (x, y, 0)."""
+
+    platform, device_kind, core_on_chip = "tpu", "TPU v4", 0
+
+    def __init__(self, i, chips_per_slice=4):
+        self.id, self.slice_index = i, i // chips_per_slice
+        self.process_index = self.slice_index
+        chip = i % chips_per_slice
+        self.coords = (chip % 2, chip // 2, 0)
+
+    def __repr__(self):
+        return f"FakeTPUDevice({self.id})"
+
+
+def test_dcn_data_defaults_to_the_slices_seen_and_a_binding_that_disagrees_stops():
+    devices = [FakeTPUDevice(i) for i in range(8)]
+    grid = partitioning.device_grid(data=1, fsdp=-1, devices=devices)
+    assert grid.shape == (2, 4, 1)
+    assert [{d.slice_index for d in row.flat} for row in grid] == [{0}, {1}]
+    for dcn_data in (1, 4):
+        with pytest.raises(ValueError, match=f"multiply to {dcn_data}, not to the 2 slice.*make_mesh.dcn_data"):
+            partitioning.device_grid(dcn_data=dcn_data, devices=devices)
+    with pytest.raises(ValueError, match=r"unevenly over slices .*\{0: 4, 1: 3\}"):
+        partitioning.device_grid(devices=devices[:7])
+    # CPU devices have no slice_index: one slice, so a second one cannot be asked for.
+    with pytest.raises(ValueError, match="multiply to 2, not to the 1 slice.*make_mesh.dcn_data"):
+        partitioning.make_mesh(dcn_data=2)
+
+
+def test_tpu_devices_off_the_torus_stop_instead_of_a_plain_reshape():
+    """Three chips of a 2x2 slice leave a hole in the torus: no silent reshape on a platform with a topology."""
+    with pytest.raises(ValueError, match="ICI sizes .* physical topology of the 3 TPU v4 devices.*make_mesh.data"):
+        partitioning.device_grid(devices=[FakeTPUDevice(i) for i in range(3)])
+
+
+def test_devices_without_a_topology_are_reshaped_in_order_with_a_warning(caplog):
+    partitioning._warn_plain_reshape.cache_clear()
+    with caplog.at_level("WARNING", logger=partitioning.__name__):
+        mesh = partitioning.make_mesh(data=2, fsdp=4)
+    assert list(mesh.devices.flat) == jax.devices()
+    assert "cpu devices have no physical topology" in caplog.text and "plain reshape" in caplog.text
