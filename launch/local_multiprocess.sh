@@ -41,19 +41,28 @@ forward() {
 trap 'forward TERM' TERM
 trap 'forward INT' INT
 
+# Polled, not `wait -n`: with job control on (set -m), bash reports and forgets a job that ends while it runs other
+# commands, and `wait -n` then waits for a job that no longer exists (seen: the launcher hung after killing the
+# others). `wait PID` still returns a forgotten child's status.
 status=0
-running=$N
-while ((running > 0)); do
-  unset done_pid
-  code=0
-  wait -n -p done_pid || code=$?
-  [[ -n ${done_pid:-} ]] || continue # a trapped signal interrupted the wait
-  running=$((running - 1))
-  ((code == 0 || status != 0)) || status=$code
-  if ((code != 0 && code != PREEMPTION_EXIT_CODE && signals == 0 && running > 0)); then
-    echo "$0: process ${done_pid} exited with status ${code}; killing the other ${running}" >&2
-    signals=1 # from here on, exits are expected
-    kill -s KILL "${pids[@]}" 2>/dev/null || true
-  fi
+live=("${pids[@]}")
+while ((${#live[@]} > 0)); do
+  still=()
+  for pid in "${live[@]}"; do
+    if kill -0 "$pid" 2>/dev/null; then
+      still+=("$pid")
+      continue
+    fi
+    code=0
+    wait "$pid" 2>/dev/null || code=$?
+    ((code == 0 || status != 0)) || status=$code
+    if ((code != 0 && code != PREEMPTION_EXIT_CODE && signals == 0)); then
+      echo "$0: process ${pid} exited with status ${code}; killing the other $((${#live[@]} - 1))" >&2
+      signals=1 # from here on, exits are expected
+      kill -s KILL "${pids[@]}" 2>/dev/null || true
+    fi
+  done
+  live=("${still[@]}")
+  ((${#live[@]} == 0)) || sleep 0.1
 done
 exit "$status"

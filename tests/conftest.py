@@ -31,6 +31,7 @@ def fresh_gin_config_per_file():
     different order on each worker, and a run that finalized gin in one file must not lock the next file's."""
     import gin
 
-    with gin.unlock_config():
-        gin.clear_config()
+    # clear_config() also unlocks; `with gin.unlock_config(): gin.clear_config()` would not: unlock_config restores
+    # the locked state on exit (a finalized config stayed locked for the next file: CI failed on that).
+    gin.clear_config()
     yield

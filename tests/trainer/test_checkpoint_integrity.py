@@ -45,7 +45,9 @@ def logged_rows(jsonl) -> list[dict]:
 
 
 def train_in_process(gin_file, bindings=()):
-    """train.train() as maestro-train configures it from `gin_file`, in this process on one device."""
+    """train.train() as maestro-train configures it from `gin_file`, in this process on one device, from an empty,
+    unlocked gin config (whatever ran before in this worker may have left one finalized)."""
+    gin.clear_config()  # also unlocks
     configure_gin([gin_file], list(bindings))
     try:
         return train.train(mesh=partitioning.make_mesh(devices=jax.devices()[:1]))
