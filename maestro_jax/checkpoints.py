@@ -2,10 +2,10 @@
 and the one place that lists checkpoint steps and restores params without the training state around them.
 
 A checkpoint step holds three items: `state` (the TrainState, StandardSave), `data_iterator` (JSON: each process's
-batcher state, keyed "process_<i>") and `operative_config` (JSON: {"gin": the operative gin config text}).
-Evaluation, export and the SONAR teacher read checkpoints through `checkpoint_steps`, `find_step`,
-`restore_pytree` and `restore_inference_variables`; this module needs only JAX, NumPy and Orbax (no gin), so that
-`export.load` can use it.
+batcher state, keyed "process_<i>"; a batcher with `combine_states` restores them on another process count) and
+`operative_config` (JSON: {"gin": the operative gin config text}). Evaluation, export and the SONAR teacher read
+checkpoints through `checkpoint_steps`, `find_step`, `restore_pytree` and `restore_inference_variables`; this module
+needs only JAX, NumPy and Orbax (no gin), so that `export.load` can use it.
 
 A step is complete once Orbax has renamed `<step>.orbax-checkpoint-tmp` to `<step>` (on object stores without atomic
 rename: once `<step>/commit_success.txt` exists); only complete steps are listed, so a save killed mid-flight is never
@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -291,12 +291,23 @@ class Checkpointer:
         )
         return self.manager.save(step, args=args, metrics=metrics, force=force)
 
-    def restore(self, step: int | None, abstract_state, *, data_iterator: bool = True, config_text: str = "") -> tuple:
+    def restore(
+        self,
+        step: int | None,
+        abstract_state,
+        *,
+        data_iterator: bool = True,
+        combine_data_states: Callable[[list[dict]], dict] | None = None,
+        config_text: str = "",
+    ) -> tuple:
         """(state, this process's data iterator state, operative config text) at `step` (default: latest).
 
         abstract_state: ShapeDtypeStructs with the shardings of the *current* mesh; arrays are resharded onto it,
         so a checkpoint written on N devices restores on M. data_iterator=False skips the per-process data position
         (returned as None), e.g. to evaluate a checkpoint with a different number of processes.
+        combine_data_states: fn(the saved data states of processes 0..N-1) -> the data state every process of this
+        run restores (`MultiStreamBatcher.combine_states`), which lets a run saved on N processes resume on M; without
+        it each process gets its own saved state and M must equal N.
         Before reading arrays, the step's shapes are checked against abstract_state (`check_state_fits`; config_text:
         this run's operative gin config, to name the bindings that differ). step=None: the latest step that reads; a
         newer one that fails to read (a truncated or corrupted file) is logged with a warning naming the step, the
@@ -310,12 +321,15 @@ class Checkpointer:
         if not data_iterator:
             return restored["state"], None, restored["operative_config"]["gin"]
         per_process = restored["data_iterator"]
+        if combine_data_states is not None:
+            data_state = combine_data_states([per_process[f"process_{i}"] for i in range(len(per_process))])
+            return restored["state"], data_state, restored["operative_config"]["gin"]
         key = f"process_{jax.process_index()}"
         if len(per_process) != jax.process_count() or key not in per_process:
             raise ValueError(
                 f"checkpoint {self.directory}/{step} holds data iterator states for {len(per_process)} processes but "
-                f"this run has {jax.process_count()}; resume with the same number of processes (params and optimizer "
-                "state restore on any mesh, the per-process data position does not)."
+                f"this run has {jax.process_count()}, and train.make_data's iterator has no combine_states to join "
+                "them; resume with the same number of processes (params and optimizer state restore on any mesh)."
             )
         return restored["state"], per_process[key], restored["operative_config"]["gin"]
 

@@ -1,8 +1,9 @@
 """The gin-configurable training loop: data, init/restore, AOT compile, steps, metrics, eval, checkpoints, preemption.
 
 Generic over the model (a Flax module), the objective (`objective(model, variables, batch, rng, step) ->
-(loss, metrics)`) and the data (`make_data(shard_index, num_shards, seed)` -> a batcher with `__next__`,
-`get_state()` and `set_state(dict)`), all bound through gin.
+(loss, metrics)`) and the data (`make_data(process_index, process_count, seed)` -> a batcher with `__next__`,
+`get_state()` and `set_state(dict)`, and optionally `combine_states(list of every process's state) -> dict` to resume
+on another process count), all bound through gin.
 """
 
 import logging
@@ -143,7 +144,12 @@ def train(
         async_save=async_checkpointing,
     )
     if checkpointer.latest_step() is not None:
-        state, data_state, _ = checkpointer.restore(None, setup.abstract_state, config_text=gin.operative_config_str())
+        state, data_state, _ = checkpointer.restore(
+            None,
+            setup.abstract_state,
+            combine_data_states=getattr(data, "combine_states", None),  # resumable on another process count
+            config_text=gin.operative_config_str(),
+        )
         data.set_state(data_state)
         log.info("restored step %d from %s", int(state.step), checkpointer.directory)
         if int(state.step) >= train_steps:  # nothing to train: skip compiling the step

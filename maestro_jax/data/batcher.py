@@ -1,14 +1,27 @@
-"""The multi-stream batcher: one host's shard of every seqio stream, padded to static shapes, resumable.
+"""The multi-stream batcher: one process's input shards of every seqio stream, padded to static shapes, resumable.
 
-State is skip-based. Each task of a stream is read one epoch at a time from `Task.get_dataset(num_epochs=1)` with a
-seed derived from (seed, stream, task, epoch), so epoch e's order is a pure function of those four values; the state
-records, per task, the epoch and the number of examples already taken from it. Restoring rebuilds that epoch's
-dataset and skips that many examples: at most one epoch of one shard is re-read, and the state stays a few integers
-(tf.data iterator checkpoints would hold shuffle buffers full of audio). Mixtures are sampled here, with one uniform
-draw per example from a counter-based generator, rather than by `Mixture.get_dataset`, so that each task keeps its own
-resumable epoch and the mixing decisions resume exactly too.
+Input shards make the data independent of the process count. Every stream's data is cut into S input shards (seqio
+`ShardInfo(v, S)`; S = `input_shards`, by default the process count of the run's first start), each a deterministic
+stream of its own. Global batch b of a stream is the concatenation, in shard order, of batch b of every shard (each
+global_batch_size / S examples), and process i of P reads shards [i * S / P, (i + 1) * S / P). So the global batches
+are the same for every P that divides S, and a run saved on P processes resumes on any such P': the state is kept per
+input shard (`combine_states` joins the processes' states; each process restores its own shards).
+
+State is skip-based. Each task of a shard is read one epoch at a time from `Task.get_dataset(num_epochs=1)` with a
+seed derived from (seed, stream, task, epoch), so epoch e's order is a pure function of those four values (and the same
+for every shard, so that the shards partition it); the state records, per task, the epoch and the number of examples
+already taken from it. Restoring rebuilds that epoch's dataset and skips that many examples: at most one epoch of one
+shard is re-read, and the state stays a few integers (tf.data iterator checkpoints would hold shuffle buffers full of
+audio). Mixtures are sampled here, with one uniform draw per example from a counter-based generator, rather than by
+`Mixture.get_dataset`, so that each task keeps its own resumable epoch and the mixing decisions resume exactly too.
+
+Cost of a shard: seqio gives a shard whole files when the source has at least S files (TFDS shards, text files), so
+each process reads only its share; a source with fewer files (the bundled synthetic corpus has one per split) is read
+whole by every shard reader, which keeps every S-th record. Directories and manifests of audio files
+are sharded as a list of paths, so each process decodes only its own files.
 """
 
+import collections
 import copy
 import dataclasses
 import hashlib
@@ -22,7 +35,8 @@ import seqio
 
 from maestro_jax.data import preprocessors, tasks
 
-STATE_VERSION = 1
+# Version 2 keeps the state per input shard; a version-1 state of a single-process run is the same as one of 1 shard.
+STATE_VERSION = 2
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +45,8 @@ class StreamSpec:
 
     Attributes:
       task: a registered seqio task or mixture name.
-      batch_size: examples per step on this host (B).
+      batch_size: examples per step on this process (B); the global batch is B x the process count, and each input
+        shard gives it global_batch / input_shards examples.
       max_samples: padded waveform length N in samples at 16 kHz; None for a stream without audio (text).
       max_tokens: padded token length U; None for a stream without text (untranscribed speech).
       split: the split to read; None takes each task's only split (every task in `tasks` has one).
@@ -40,7 +55,8 @@ class StreamSpec:
         most len(bucket_boundaries) + 1 shapes. Example order is not changed by bucketing.
       length_group_batches: with K > 1, examples are read K batches at a time, sorted by length (samples for streams
         with audio, else tokens) and cut into K batches of similar lengths, returned in a seeded random order; with
-        bucket_boundaries this cuts the padding of each batch (icefall's bucketing sampler does the same).
+        bucket_boundaries this cuts the padding of each batch (icefall's bucketing sampler does the same). Groups form
+        within one input shard: a process reading several shards pads their sorted batches side by side.
     """
 
     task: str
@@ -88,6 +104,19 @@ def _bucket_length(longest: int, boundaries: tuple[int, ...], limit: int) -> int
         if longest <= boundary:
             return boundary
     return limit
+
+
+def pad_stream_batch(examples: list[dict], spec: StreamSpec) -> dict[str, np.ndarray]:
+    """`pad_examples` at the spec's static lengths, or at the smallest bucket boundary that holds the longest example
+    (samples for a stream with audio, else tokens)."""
+    max_samples, max_tokens = spec.max_samples, spec.max_tokens
+    if spec.bucket_boundaries and spec.needs_audio:
+        longest = max(e["waveform"].shape[0] for e in examples)
+        max_samples = _bucket_length(longest, spec.bucket_boundaries, spec.max_samples)
+    elif spec.bucket_boundaries:
+        longest = max(e["tokens"].shape[0] for e in examples)
+        max_tokens = _bucket_length(longest, spec.bucket_boundaries, spec.max_tokens)
+    return pad_examples(examples, spec.batch_size, max_samples=max_samples, max_tokens=max_tokens)
 
 
 def pad_examples(
@@ -153,7 +182,8 @@ class _TaskReader:
             self.epoch, self.position, self._iterator = self.epoch + 1, 0, None
         raise ValueError(
             f"split '{self.split}' of task '{self.task}' (stream '{self.stream}') yields no examples on shard "
-            f"{self._shard_info.index} of {self._shard_info.num_shards}; give it data or use fewer shards"
+            f"{self._shard_info.index} of {self._shard_info.num_shards}; give it data or use fewer input shards "
+            "(the data function's input_shards, e.g. synthetic_streams.input_shards)"
         )
 
     def get_state(self) -> dict:
@@ -164,13 +194,17 @@ class _TaskReader:
 
 
 class _StreamReader:
-    """One stream: picks a task per example by mixture rate, drops (or rejects) bad examples, pads batches."""
+    """One stream of one input shard: picks a task per example by mixture rate, drops (or rejects) bad examples, and
+    returns `spec.batch_size` examples at a time (unpadded)."""
 
     # Give up when this many consecutive examples were dropped: the limits or the data are wrong, not a few outliers.
     MAX_CONSECUTIVE_DROPS = 10_000
 
     def __init__(self, name: str, spec: StreamSpec, *, seed: int, shard_info: seqio.ShardInfo, strict: bool):
         self.name, self.spec, self._seed, self._strict = name, spec, seed, strict
+        # Each shard draws its own mixing decisions; one shard keeps the key of state version 1.
+        shard_key = () if shard_info.num_shards == 1 else ("input_shard", shard_info.index)
+        self._mixture_key = _derived_seed(seed, name, *shard_key)
         rates = tasks.resolve_tasks(spec.task)
         self._task_names = sorted(rates)
         self._cumulative_rates = np.cumsum([rates[task] for task in self._task_names])
@@ -187,7 +221,7 @@ class _StreamReader:
         if len(self._task_names) == 1:
             return self._task_names[0]
         # Philox is counter-based: draw k depends only on (seed, stream, k), which makes resumption exact.
-        generator = np.random.Generator(np.random.Philox(key=_derived_seed(self._seed, self.name), counter=self.draws))
+        generator = np.random.Generator(np.random.Philox(key=self._mixture_key, counter=self.draws))
         index = int(np.searchsorted(self._cumulative_rates, generator.random() * self._cumulative_rates[-1], "right"))
         return self._task_names[min(index, len(self._task_names) - 1)]
 
@@ -238,27 +272,17 @@ class _StreamReader:
         order = np.random.Generator(np.random.Philox(key=order_key)).permutation(len(batches))
         return [batches[i] for i in order]
 
-    def _next_examples(self, stats: preprocessors.FilterStats) -> list[dict]:
+    def next_examples(self, stats: preprocessors.FilterStats) -> list[dict]:
+        """The next `spec.batch_size` examples; drops are counted in `stats`."""
         if self.spec.length_group_batches == 1:
             return [self._next_valid_example(stats) for _ in range(self.spec.batch_size)]
         if not self._group:
             self._group, self._group_returned = self._read_length_group(stats), 0
+        examples = self._group[self._group_returned]
         self._group_returned += 1
-        return self._group[self._group_returned - 1]
-
-    def next_batch(self, stats: preprocessors.FilterStats) -> dict[str, np.ndarray]:
-        spec = self.spec
-        examples = self._next_examples(stats)
-        if self._group and self._group_returned == len(self._group):
+        if self._group_returned == len(self._group):
             self._group = []
-        max_samples, max_tokens = spec.max_samples, spec.max_tokens
-        if spec.bucket_boundaries and spec.needs_audio:
-            longest = max(e["waveform"].shape[0] for e in examples)
-            max_samples = _bucket_length(longest, spec.bucket_boundaries, spec.max_samples)
-        elif spec.bucket_boundaries:
-            longest = max(e["tokens"].shape[0] for e in examples)
-            max_tokens = _bucket_length(longest, spec.bucket_boundaries, spec.max_tokens)
-        return pad_examples(examples, spec.batch_size, max_samples=max_samples, max_tokens=max_tokens)
+        return examples
 
     def _reader_state(self) -> dict:
         return {"draws": self.draws, "tasks": {task: reader.get_state() for task, reader in self._readers.items()}}
@@ -267,7 +291,8 @@ class _StreamReader:
         """Where the readers are; inside a length group, where they were at its start and how many batches of it
         were returned (restoring re-reads the group and skips those)."""
         if self._group:
-            return {**self._group_start, "group_returned": self._group_returned}
+            group = {"group_returned": self._group_returned, "group_batch_size": self.spec.batch_size}
+            return {**self._group_start, **group}
         return self._reader_state()
 
     def set_state(self, state: Mapping) -> None:
@@ -281,6 +306,14 @@ class _StreamReader:
             reader.set_state(state["tasks"][task])
         self._group, self._group_returned = [], 0
         returned = int(state.get("group_returned", 0))
+        group_batch_size = int(state.get("group_batch_size", self.spec.batch_size))
+        if returned and group_batch_size != self.spec.batch_size:
+            # The group's remaining examples were cut for the old batch size; re-cutting them would lose or repeat some.
+            raise ValueError(
+                f"saved state of stream '{self.name}' stops inside a length group of batches of {group_batch_size} "
+                f"examples per input shard, but this run takes {self.spec.batch_size}; resume with the global batch "
+                "size it was saved with (the per-process batch size x the process count)"
+            )
         if returned:
             # The saved filter counts already include this group's drops: count the re-read into a scratch object.
             self._group = self._read_length_group(preprocessors.FilterStats())
@@ -288,11 +321,13 @@ class _StreamReader:
 
 
 class MultiStreamBatcher:
-    """Yields `{stream: batch}` forever, e.g. {"paired": {...}, "speech": {...}, "text": {...}}, as host-local numpy.
+    """Yields `{stream: batch}` forever, e.g. {"paired": {...}, "speech": {...}, "text": {...}}, as process-local numpy.
 
     Each stream's batch follows docs/CONTRACTS.md: `waveform` f32[B, N], `waveform_length` i32[B] (streams with
     max_samples) and `tokens` i32[B, U], `token_length` i32[B] (streams with max_tokens), zero-padded to the spec's
-    static lengths. Only shard `shard_index` of `num_shards` of every task is read. Bad examples are dropped and
+    static lengths (or bucket lengths); B = the spec's batch_size. Process `process_index` of `process_count` reads
+    its input shards of `input_shards` (None: the process count, or the count a restored state was saved with; see
+    the module docstring): its B rows are those shards' examples, in shard order. Bad examples are dropped and
     counted in `filter_stats`, or raise a ValueError naming the example when `strict`. With `prefetch` > 0 a
     background thread prepares that many batches ahead; `get_state` still describes the batches returned so far.
     Call `close()` (or use the batcher as a context manager) to stop that thread.
@@ -303,47 +338,92 @@ class MultiStreamBatcher:
         streams: Mapping[str, StreamSpec],
         *,
         seed: int,
-        shard_index: int = 0,
-        num_shards: int = 1,
+        process_index: int = 0,
+        process_count: int = 1,
+        input_shards: int | None = None,
         strict: bool = False,
         prefetch: int = 0,
     ):
         if not streams:
             raise ValueError("MultiStreamBatcher needs at least one stream, e.g. {'paired': StreamSpec(...)}")
-        if not 0 <= shard_index < num_shards:
-            raise ValueError(f"shard_index={shard_index} must lie in [0, num_shards={num_shards})")
-        self.seed, self.shard_index, self.num_shards, self.prefetch = seed, shard_index, num_shards, prefetch
-        shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
-        self._streams = {
-            name: _StreamReader(name, spec, seed=seed, shard_info=shard_info, strict=strict)
-            for name, spec in streams.items()
-        }
-        self._producer_stats = preprocessors.FilterStats()
-        self._returned_state = self._producer_state()
+        if not 0 <= process_index < process_count:
+            raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+        self.seed, self.process_index, self.process_count, self.prefetch = seed, process_index, process_count, prefetch
+        self._specs, self._strict, self._bound_input_shards = dict(streams), strict, input_shards
         self._thread, self._queue, self._stop = None, None, None
+        self._open_shards(process_count if input_shards is None else input_shards)
+
+    def _open_shards(self, input_shards: int) -> None:
+        """Readers for this process's shards of `input_shards`, each stream at global batch / input_shards."""
+        if input_shards < 1 or input_shards % self.process_count:
+            raise ValueError(
+                f"input_shards={input_shards} cannot be split between {self.process_count} processes; it must be a "
+                "multiple of the process count (bind the data function's input_shards, e.g. "
+                "synthetic_streams.input_shards, to a multiple of every process count the run will use)"
+            )
+        shard_specs = {}
+        for name, spec in self._specs.items():
+            global_batch = spec.batch_size * self.process_count
+            if global_batch % input_shards:
+                raise ValueError(
+                    f"stream '{name}' has a global batch of {global_batch} examples ({spec.batch_size} per process x "
+                    f"{self.process_count} processes), which {input_shards} input shards do not divide; make the "
+                    "global batch a multiple of input_shards"
+                )
+            shard_specs[name] = dataclasses.replace(spec, batch_size=global_batch // input_shards)
+        per_process = input_shards // self.process_count
+        self.input_shards = input_shards
+        self.shards = tuple(range(self.process_index * per_process, (self.process_index + 1) * per_process))
+        self._readers = {
+            shard: {
+                name: _StreamReader(
+                    name,
+                    spec,
+                    seed=self.seed,
+                    shard_info=seqio.ShardInfo(index=shard, num_shards=input_shards),
+                    strict=self._strict,
+                )
+                for name, spec in shard_specs.items()
+            }
+            for shard in self.shards
+        }
+        self._shard_stats = {shard: preprocessors.FilterStats() for shard in self.shards}
+        self._returned_state = self._producer_state()
 
     @property
     def filter_stats(self) -> preprocessors.FilterStats:
-        """Dropped examples per stream and reason, up to the last batch returned."""
-        return preprocessors.FilterStats.from_dict(self._returned_state["filter_stats"])
+        """Dropped examples per stream and reason in this process's shards, up to the last batch returned."""
+        total = collections.defaultdict(collections.Counter)
+        for shard in self._returned_state["shards"].values():
+            for stream, reasons in shard["filter_stats"].items():
+                total[stream].update(reasons)
+        return preprocessors.FilterStats.from_dict(total)
 
     @property
     def tokenizer_files(self) -> dict[str, str]:
         """{stream: sentencepiece model file} of each stream that reads tokens (`train` checks their vocab_size)."""
-        return {name: tasks.tokenizer_file(r.spec.task) for name, r in self._streams.items() if r.spec.needs_text}
+        return {name: tasks.tokenizer_file(spec.task) for name, spec in self._specs.items() if spec.needs_text}
 
     def _producer_state(self) -> dict:
         return {
             "version": STATE_VERSION,
             "seed": self.seed,
-            "shard_index": self.shard_index,
-            "num_shards": self.num_shards,
-            "streams": {name: stream.get_state() for name, stream in self._streams.items()},
-            "filter_stats": self._producer_stats.as_dict(),
+            "input_shards": self.input_shards,
+            "shards": {
+                str(shard): {
+                    "streams": {name: reader.get_state() for name, reader in readers.items()},
+                    "filter_stats": self._shard_stats[shard].as_dict(),
+                }
+                for shard, readers in self._readers.items()
+            },
         }
 
     def _produce(self) -> tuple[dict, dict]:
-        batch = {name: stream.next_batch(self._producer_stats) for name, stream in self._streams.items()}
+        examples = {name: [] for name in self._specs}
+        for shard, readers in self._readers.items():
+            for name, reader in readers.items():
+                examples[name] += reader.next_examples(self._shard_stats[shard])
+        batch = {name: pad_stream_batch(examples[name], spec) for name, spec in self._specs.items()}
         return batch, self._producer_state()
 
     def _produce_ahead(self, stop: threading.Event, out: queue.Queue) -> None:
@@ -397,30 +477,86 @@ class MultiStreamBatcher:
         self.close()
 
     def get_state(self) -> dict:
-        """A small JSON-serialisable dict: per stream and task the epoch and examples taken, plus filter counts."""
+        """A small JSON-serialisable dict: per input shard of this process, per stream and task the epoch and examples
+        taken, plus filter counts."""
         return copy.deepcopy(self._returned_state)
 
+    @staticmethod
+    def combine_states(states: list[Mapping]) -> dict:
+        """One state holding every input shard, from the `get_state()` of every process of a run (in any order); any
+        process count that divides its input_shards can `set_state` it."""
+        states = [_upgrade_state(state) for state in states]
+        headers = {(state["version"], state["seed"], state["input_shards"]) for state in states}
+        if len(headers) != 1:
+            raise ValueError(f"the process states come from different runs: (version, seed, input_shards) {headers}")
+        shards: dict[str, dict] = {}
+        for state in states:
+            for key, shard in state["shards"].items():
+                if key in shards:
+                    raise ValueError(f"input shard {key} appears in the states of two processes")
+                shards[key] = shard
+        input_shards = states[0]["input_shards"]
+        if sorted(map(int, shards)) != list(range(input_shards)):
+            raise ValueError(f"the process states hold input shards {sorted(map(int, shards))} of {input_shards}")
+        return {**states[0], "shards": shards}
+
     def set_state(self, state: Mapping) -> None:
-        """Restores `get_state()`'s output; the next batches equal those an uninterrupted batcher would give."""
-        saved = (state.get("version"), state.get("seed"), state.get("shard_index"), state.get("num_shards"))
-        current = (STATE_VERSION, self.seed, self.shard_index, self.num_shards)
+        """Restores a state holding this process's input shards: its own `get_state()`, or `combine_states` of every
+        process's, saved with any process count; the next batches equal those an uninterrupted batcher would give."""
+        state = _upgrade_state(state)
+        saved, current = (state.get("version"), state.get("seed")), (STATE_VERSION, self.seed)
         if saved != current:
             raise ValueError(
-                f"batcher state (version, seed, shard_index, num_shards)={saved} does not match this batcher's "
-                f"{current}; resume with the seed and host layout the state was saved with"
+                f"batcher state (version, seed)={saved} does not match this batcher's {current}; resume with the "
+                "seed the state was saved with"
             )
-        if sorted(state["streams"]) != sorted(self._streams):
+        input_shards = int(state["input_shards"])
+        if self._bound_input_shards not in (None, input_shards):
             raise ValueError(
-                f"batcher state has streams {sorted(state['streams'])} but this batcher has {sorted(self._streams)}"
+                f"batcher state was saved with input_shards={input_shards}, but this run binds input_shards="
+                f"{self._bound_input_shards}; drop that binding (the saved value is then used) or bind "
+                f"{input_shards}: the example order is defined by it"
             )
+        for key, shard in state["shards"].items():
+            if sorted(shard["streams"]) != sorted(self._specs):
+                raise ValueError(
+                    f"batcher state has streams {sorted(shard['streams'])} (input shard {key}) but this batcher has "
+                    f"{sorted(self._specs)}"
+                )
         self.close()
+        if input_shards != self.input_shards:
+            self._open_shards(input_shards)
+        missing = [shard for shard in self.shards if str(shard) not in state["shards"]]
+        if missing:
+            raise ValueError(
+                f"batcher state holds input shards {sorted(map(int, state['shards']))} of {input_shards}, but process "
+                f"{self.process_index} of {self.process_count} reads {list(self.shards)}; restore "
+                "MultiStreamBatcher.combine_states of every process's state"
+            )
         self._restore(state)
 
     def _restore(self, state: Mapping) -> None:
-        for name, stream in self._streams.items():
-            stream.set_state(state["streams"][name])
-        self._producer_stats = preprocessors.FilterStats.from_dict(state["filter_stats"])
+        for shard, readers in self._readers.items():
+            saved = state["shards"][str(shard)]
+            for name, reader in readers.items():
+                reader.set_state(saved["streams"][name])
+            self._shard_stats[shard] = preprocessors.FilterStats.from_dict(saved["filter_stats"])
         self._returned_state = self._producer_state()
+
+
+def _upgrade_state(state: Mapping) -> Mapping:
+    """A version-1 state (one per process, without input shards) of a single-process run as the version-2 state of
+    one input shard, which reads the same examples."""
+    if state.get("version") != 1:
+        return state
+    if state.get("num_shards") != 1:
+        raise ValueError(
+            f"batcher state version 1 of a {state.get('num_shards')}-process run cannot be resumed by this version, "
+            "whose input shards draw their mixing decisions independently; finish the run with the version that "
+            "started it, or start afresh (a new MODEL_DIR)"
+        )
+    shard = {"streams": state["streams"], "filter_stats": state["filter_stats"]}
+    return {"version": STATE_VERSION, "seed": state.get("seed"), "input_shards": 1, "shards": {"0": shard}}
 
 
 def eval_batches(

@@ -1,7 +1,9 @@
 """Gin-configurable data entry points for training: the synthetic corpus, LibriSpeech (TFDS) and the user's own files.
 
 `synthetic_streams`, `librispeech_streams` and `manifest_streams` are what `train.make_data` binds to:
-fn(shard_index, num_shards, seed) -> MultiStreamBatcher.
+fn(process_index, process_count, seed) -> MultiStreamBatcher. Each takes `input_shards`: how many input shards the data
+is cut into (default: the process count of the run's first start, kept on resume), which fixes the example order; a
+run resumes on any process count that divides it (`batcher`).
 """
 
 import fcntl
@@ -40,10 +42,11 @@ def synthetic_corpus(
 
 def make_stream_batcher(
     stream_tasks: dict[str, str],
-    shard_index: int,
-    num_shards: int,
+    process_index: int,
+    process_count: int,
     seed: int,
     *,
+    input_shards: int | None,
     batch_sizes: dict[str, int],
     max_seconds: float,
     max_tokens: int,
@@ -56,16 +59,17 @@ def make_stream_batcher(
 
     bucket_seconds: padded audio lengths below max_seconds for the streams with audio; each batch is padded to the
     shortest that holds its longest utterance (one compiled step per length). Single-process only: every host of a
-    multi-host job must feed the same global shape, and hosts bucket independently.
+    multi-host job must feed the same global shape, and hosts bucket independently (a run saved on several processes
+    may resume on one with buckets: they change the padding, not the examples).
     length_group_batches: K > 1 sorts each K batches' worth of examples of an audio stream by length before cutting
     them into batches, so that the buckets hold similar lengths (see `StreamSpec`).
     """
     unknown = set(stream_tasks) - set(STREAM_SPLITS)
     if unknown:
         raise ValueError(f"unknown streams {sorted(unknown)}; the streams are {sorted(STREAM_SPLITS)}")
-    if bucket_seconds and num_shards > 1:
+    if bucket_seconds and process_count > 1:
         raise ValueError(
-            f"bucket_seconds={tuple(bucket_seconds)} with {num_shards} input shards: hosts would pad to different "
+            f"bucket_seconds={tuple(bucket_seconds)} with {process_count} processes: hosts would pad to different "
             "lengths and the global batch needs one shape; set bucket_seconds=() for multi-host jobs"
         )
     max_samples = int(max_seconds * SAMPLE_RATE_HZ)
@@ -82,14 +86,20 @@ def make_stream_batcher(
         for name, task in stream_tasks.items()
     }
     return MultiStreamBatcher(
-        specs, seed=seed, shard_index=shard_index, num_shards=num_shards, strict=strict, prefetch=prefetch
+        specs,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        input_shards=input_shards,
+        strict=strict,
+        prefetch=prefetch,
     )
 
 
 @gin.configurable
 def synthetic_streams(
-    shard_index: int,
-    num_shards: int,
+    process_index: int,
+    process_count: int,
     seed: int,
     *,
     streams: tuple[str, ...] = ("paired", "speech", "text"),
@@ -102,21 +112,27 @@ def synthetic_streams(
     length_group_batches: int = 1,
     prefetch: int = 2,
     strict: bool = False,
+    input_shards: int | None = None,
 ) -> MultiStreamBatcher:
     """A MultiStreamBatcher over the synthetic corpus's training splits (paired_train, speech_train, text_train).
 
-    streams: which of "paired", "speech", "text" to feed. *_batch_size: per-host examples per step of each stream.
+    streams: which of "paired", "speech", "text" to feed. *_batch_size: per-process examples per step of each stream.
     max_seconds: padded audio length (longer utterances are dropped and counted); max_tokens: padded token length.
     bucket_seconds: shorter padded audio lengths a batch may use; length_group_batches: how many batches of audio are
     sorted by length together before batching (both: see `make_stream_batcher`).
     prefetch: batches prepared ahead by a background thread. strict: stop on the first bad example.
+    input_shards: how many input shards the data is cut into (None: the process count, or the saved count on
+    resume); the run can resume on any process count that divides it, so bind it to a multiple of every process
+    count the run may use (e.g. 2 to start on 1 process and resume on 2). Each stream's global batch must be a
+    multiple of it.
     """
     _, size = synthetic_corpus()
     return make_stream_batcher(
         {name: tasks.synthetic_task_name(size, STREAM_SPLITS.get(name, name)) for name in streams},
-        shard_index,
-        num_shards,
+        process_index,
+        process_count,
         seed,
+        input_shards=input_shards,
         batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
         max_seconds=max_seconds,
         max_tokens=max_tokens,
@@ -129,8 +145,8 @@ def synthetic_streams(
 
 @gin.configurable
 def librispeech_streams(
-    shard_index: int,
-    num_shards: int,
+    process_index: int,
+    process_count: int,
     seed: int,
     *,
     tokenizer_path: str = gin.REQUIRED,
@@ -147,6 +163,7 @@ def librispeech_streams(
     length_group_batches: int = 1,
     prefetch: int = 2,
     strict: bool = False,
+    input_shards: int | None = None,
 ) -> MultiStreamBatcher:
     """LibriSpeech (TFDS `librispeech`, prepared beforehand: see data/README.md) as the paired stream, its other
     training splits as untranscribed speech, and LibriSpeech-LM text (TFDS `librispeech_lm`) as unspoken text.
@@ -173,9 +190,10 @@ def librispeech_streams(
             )
     return make_stream_batcher(
         {name: mixtures.get(name, name) for name in streams},
-        shard_index,
-        num_shards,
+        process_index,
+        process_count,
         seed,
+        input_shards=input_shards,
         batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
         max_seconds=max_seconds,
         max_tokens=max_tokens,
@@ -200,8 +218,8 @@ _OWN_DATA_MACROS = {"paired": "PAIRED_MANIFESTS", "speech": "SPEECH_MANIFESTS", 
 
 @gin.configurable
 def manifest_streams(
-    shard_index: int,
-    num_shards: int,
+    process_index: int,
+    process_count: int,
     seed: int,
     *,
     tokenizer_path: str = gin.REQUIRED,
@@ -219,6 +237,7 @@ def manifest_streams(
     length_group_batches: int = 1,
     prefetch: int = 2,
     strict: bool = False,
+    input_shards: int | None = None,
 ) -> MultiStreamBatcher:
     """The user's own files as the three streams (docs: README "Train on your own data").
 
@@ -251,10 +270,11 @@ def manifest_streams(
             task = f"own_data_{name}_{index}"
             if name == "text":
                 files = tasks.expand_text_files(source)
-                if len(files) < num_shards:
+                shards = input_shards or process_count
+                if len(files) < shards:
                     raise ValueError(
-                        f"text source '{source}' has {len(files)} file(s) but the job reads {num_shards} input "
-                        "shards, and hosts split the text files between them; split it into at least that many "
+                        f"text source '{source}' has {len(files)} file(s) but the job reads {shards} input "
+                        "shards, and the shards split the text files between them; split it into at least that many "
                         "files (e.g. `split -n l/N`) or give a glob"
                     )
                 tasks.register_text_files_task(task, files, vocabulary, lowercase=lowercase)
@@ -264,9 +284,10 @@ def manifest_streams(
     mixtures = tasks.register_stream_mixtures("own_data", **rates)
     return make_stream_batcher(
         mixtures,
-        shard_index,
-        num_shards,
+        process_index,
+        process_count,
         seed,
+        input_shards=input_shards,
         batch_sizes={"paired": paired_batch_size, "speech": speech_batch_size, "text": text_batch_size},
         max_seconds=max_seconds,
         max_tokens=max_tokens,

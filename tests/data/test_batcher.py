@@ -9,7 +9,7 @@ import sentencepiece
 import seqio
 import soundfile
 
-from maestro_jax.data import batcher, tasks, tokenizer
+from maestro_jax.data import batcher, preprocessors, tasks, tokenizer
 
 SENTENCES = [
     "the cat sat on the mat",
@@ -164,7 +164,7 @@ def test_shards_partition_each_epoch(corpus):
     spec = batcher.StreamSpec("bt_paired_files", batch_size=1, max_samples=4000, max_tokens=32)
     seen = []
     for shard_index in range(2):
-        shard = batcher.MultiStreamBatcher({"paired": spec}, seed=3, shard_index=shard_index, num_shards=2)
+        shard = batcher.MultiStreamBatcher({"paired": spec}, seed=3, process_index=shard_index, process_count=2)
         seen.append({int(next(shard)["paired"]["waveform_length"][0]) for _ in range(5)})
     assert len(seen[0]) == len(seen[1]) == 5
     assert seen[0] | seen[1] == set(PAIRED_LENGTHS)
@@ -185,7 +185,7 @@ def test_mixture_sampling_follows_rates(corpus):
 
 def test_state_from_another_seed_or_layout_is_refused(uninterrupted):
     states, _ = uninterrupted
-    with pytest.raises(ValueError, match="seed and host layout"):
+    with pytest.raises(ValueError, match="seed the state was saved with"):
         batcher.MultiStreamBatcher(SPECS, seed=8).set_state(states[1])
     with pytest.raises(ValueError, match="streams"):
         batcher.MultiStreamBatcher({"paired": SPECS["paired"]}, seed=7).set_state(states[1])
@@ -212,7 +212,7 @@ def test_resume_exactly_at_an_epoch_end(corpus):
     run = batcher.MultiStreamBatcher(spec, seed=5)
     next(run), next(run)
     state = run.get_state()
-    assert state["streams"]["paired"]["tasks"]["bt_paired_files"] == {"epoch": 0, "position": 10}
+    assert state["shards"]["0"]["streams"]["paired"]["tasks"]["bt_paired_files"] == {"epoch": 0, "position": 10}
     resumed = batcher.MultiStreamBatcher(spec, seed=5)
     resumed.set_state(state)
     assert_batches_equal(next(resumed), next(run))
@@ -264,3 +264,128 @@ def test_length_groups_sort_each_group_into_batches_and_resume_exactly(corpus):
         assert_batches_equal(next(resumed), batches[step])
         if step + 1 < steps:
             assert resumed.get_state() == states[step + 1]
+
+
+# Global batch sizes; a process of P reads batch_size / P of each. "paired" sorts length groups of 2 batches, "speech"
+# mixes two tasks and drops long files: all are done per input shard, so none may depend on the process count.
+GLOBAL_SPECS = {
+    "paired": batcher.StreamSpec("bt_paired", batch_size=4, max_samples=4000, max_tokens=32, length_group_batches=2),
+    "speech": batcher.StreamSpec("bt_speech", batch_size=4, max_samples=3020),  # drops 4 of the 6 speech files
+    "text": batcher.StreamSpec("bt_text", batch_size=2, max_tokens=32),
+}
+SHARDED_STEPS = 4  # crosses the first epoch of each paired shard (5 utterances, 2 per step)
+
+
+def process_batchers(process_count, input_shards=2):
+    specs = {
+        name: dataclasses.replace(spec, batch_size=spec.batch_size // process_count)
+        for name, spec in GLOBAL_SPECS.items()
+    }
+    return [
+        batcher.MultiStreamBatcher(
+            specs, seed=7, process_index=i, process_count=process_count, input_shards=input_shards
+        )
+        for i in range(process_count)
+    ]
+
+
+def global_batch(batchers):
+    """The rows of every process in process order: the global batch that jax.make_array_from_process_local_data
+    assembles."""
+    local = [next(b) for b in batchers]
+    return {
+        stream: {key: np.concatenate([batch[stream][key] for batch in local]) for key in local[0][stream]}
+        for stream in local[0]
+    }
+
+
+@pytest.fixture(scope="module")
+def one_process_run(corpus):
+    """SHARDED_STEPS global batches of one process reading 2 input shards, and the JSON state before each."""
+    (run,) = process_batchers(1)
+    states, batches = [], []
+    for _ in range(SHARDED_STEPS):
+        states.append(json.loads(json.dumps(run.get_state())))
+        batches.append(next(run))
+    return states, batches
+
+
+def test_global_batches_are_the_same_on_one_and_two_processes(one_process_run):
+    _, batches = one_process_run
+    two = process_batchers(2)
+    for step in range(SHARDED_STEPS):
+        assert_batches_equal(global_batch(two), batches[step])
+    # Rows 0-1 come from shard 0, rows 2-3 from shard 1, which split each epoch (5 utterances each) between them.
+    shard_0 = {int(n) for b in batches[:2] for n in b["paired"]["waveform_length"][:2]}
+    shard_1 = {int(n) for b in batches[:2] for n in b["paired"]["waveform_length"][2:]}
+    assert len(shard_0) == len(shard_1) == 4 and shard_0.isdisjoint(shard_1)
+
+
+@pytest.mark.parametrize("step", [1, 2])  # inside the first length group; at its end, before one that crosses an epoch
+def test_state_saved_on_two_processes_resumes_on_one_and_back(one_process_run, step):
+    states, batches = one_process_run
+    two = process_batchers(2)
+    for _ in range(step):
+        global_batch(two)
+    saved = [json.loads(json.dumps(b.get_state())) for b in two]
+    assert [sorted(state["shards"]) for state in saved] == [["0"], ["1"]]
+    (one,) = process_batchers(1, input_shards=None)  # input_shards=None takes the saved count
+    one.set_state(batcher.MultiStreamBatcher.combine_states(saved))
+    assert one.input_shards == 2
+    assert_batches_equal(next(one), batches[step])
+    # ... and from one process back onto two.
+    again = process_batchers(2, input_shards=None)
+    for b in again:
+        b.set_state(batcher.MultiStreamBatcher.combine_states([json.loads(json.dumps(one.get_state()))]))
+    for later in batches[step + 1 :]:
+        assert_batches_equal(global_batch(again), later)
+    assert [sorted(b.get_state()["shards"]) for b in again] == [["0"], ["1"]]
+
+
+def test_filter_counts_follow_their_input_shards(one_process_run):
+    states, _ = one_process_run
+    (one,) = process_batchers(1)
+    one.set_state(states[3])
+    counts = one.filter_stats.count("speech", preprocessors.TOO_LONG_AUDIO)
+    assert counts > 0
+    two = process_batchers(2, input_shards=None)
+    for b in two:
+        b.set_state(states[3])
+    assert sum(b.filter_stats.count("speech", preprocessors.TOO_LONG_AUDIO) for b in two) == counts
+
+
+def test_a_state_without_this_process_shards_or_layouts_that_cannot_split_are_refused(one_process_run):
+    states, _ = one_process_run
+    two = process_batchers(2)
+    own = two[0].get_state()
+    with pytest.raises(ValueError, match=r"holds input shards \[0\] of 2, but process 1 of 2 reads \[1\].*combine"):
+        two[1].set_state(own)
+    with pytest.raises(ValueError, match=r"input shards \[0\] of 2"):
+        batcher.MultiStreamBatcher.combine_states([own])
+    with pytest.raises(ValueError, match="input shard 0 appears in the states of two processes"):
+        batcher.MultiStreamBatcher.combine_states([own, own])
+    with pytest.raises(ValueError, match=r"saved with input_shards=2, but this run binds input_shards=1"):
+        process_batchers(1, input_shards=1)[0].set_state(states[1])
+    with pytest.raises(ValueError, match=r"input_shards=3 cannot be split between 2 processes"):
+        process_batchers(2, input_shards=3)
+    with pytest.raises(ValueError, match=r"stream 'text' has a global batch of 2 examples .* 4 input shards do not"):
+        process_batchers(2, input_shards=4)
+
+
+def test_version_1_state_of_one_process_resumes_and_of_several_is_refused(uninterrupted):
+    states, batches = uninterrupted
+    shard = states[4]["shards"]["0"]
+    v1 = {"version": 1, "seed": 7, "shard_index": 0, "num_shards": 1, **shard}
+    resumed = batcher.MultiStreamBatcher(SPECS, seed=7)
+    resumed.set_state(v1)
+    assert_batches_equal(next(resumed), batches[4])
+    with pytest.raises(ValueError, match="version 1 of a 2-process run cannot be resumed"):
+        resumed.set_state({**v1, "num_shards": 2})
+
+
+def test_resuming_inside_a_length_group_with_another_batch_size_is_refused(one_process_run):
+    states, _ = one_process_run
+    wider = {**GLOBAL_SPECS, "paired": dataclasses.replace(GLOBAL_SPECS["paired"], batch_size=8)}
+    run = batcher.MultiStreamBatcher(wider, seed=7, input_shards=2)
+    with pytest.raises(ValueError, match="inside a length group of batches of 2 examples per input shard"):
+        run.set_state(states[1])

@@ -94,6 +94,49 @@ class ToyBatcher:
     def set_state(self, state):
         self.position = int(state["position"])
 
+    @staticmethod
+    def combine_states(states):
+        """Every process holds the global position, so a run resumes on any process count that divides the batch."""
+        positions = {int(state["position"]) for state in states}
+        if len(positions) != 1:
+            raise ValueError(f"the processes saved different positions {sorted(positions)}")
+        return {"position": positions.pop()}
+
+
+@gin.configurable
+class StreamFeatures:
+    """ToyMLP batches {"x", "y"} from the speech stream of a real data entry point (`make_streams`, e.g.
+    pipeline.synthetic_streams): x f32[B, F] = each utterance's length in seconds and its mean |waveform| (x10) over
+    F - 1 equal segments, so that a different utterance gives a different step; y = tanh(x @ W) as in ToyBatcher.
+    State, combine_states and close are the batcher's."""
+
+    def __init__(self, shard_index, num_shards, seed, *, make_streams=gin.REQUIRED):
+        self.streams = make_streams(shard_index, num_shards, seed)
+        self.true_weights = np.random.default_rng(seed + 1000).normal(size=(FEATURES, FEATURES)) / np.sqrt(FEATURES)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        speech = next(self.streams)["speech"]
+        x = np.zeros([len(speech["waveform_length"]), FEATURES], np.float32)
+        for row, (waveform, length) in enumerate(zip(speech["waveform"], speech["waveform_length"])):
+            segments = np.array_split(np.abs(waveform[:length]), FEATURES - 1)
+            x[row] = [length / 16000, *(10 * segment.mean() for segment in segments)]
+        return {"x": x, "y": np.tanh(x @ self.true_weights).astype(np.float32)}
+
+    def get_state(self):
+        return self.streams.get_state()
+
+    def set_state(self, state):
+        self.streams.set_state(state)
+
+    def combine_states(self, states):
+        return self.streams.combine_states(states)
+
+    def close(self):
+        self.streams.close()
+
 
 def write_gin(path, model_dir, *, train_steps, extra=""):
     """A gin file that trains the toy setup (used by subprocess tests through maestro-train)."""
