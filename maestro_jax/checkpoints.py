@@ -27,6 +27,8 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from maestro_jax import paths
+
 log = logging.getLogger(__name__)
 
 
@@ -244,7 +246,7 @@ class Checkpointer:
     ):
         if best_mode not in ("min", "max"):
             raise ValueError(f"best_mode={best_mode!r}; choose min or max.")
-        self.directory = os.path.abspath(directory)
+        self.directory = paths.resolve(directory)  # Orbax wants an absolute path; a gs:// URL stays one
         self.best_metric = best_metric
         policies = [checkpoint_managers.LatestN(max_to_keep)]
         if keep_best:

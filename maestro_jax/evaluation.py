@@ -6,8 +6,11 @@ every character that is not a letter, digit, apostrophe or whitespace becomes a 
 dropped, and runs of whitespace collapse to one space. So "Hello, World!" and "hello world" score as equal.
 """
 
+import dataclasses
 import functools
+import itertools
 import json
+import logging
 import os
 import re
 import unicodedata
@@ -18,11 +21,11 @@ import jax
 import jax.numpy as jnp
 import jiwer
 import numpy as np
-import sentencepiece
 
-from maestro_jax import export
+from maestro_jax import export, paths
 from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.data import audio_files, corpus_layout
+from maestro_jax.data.tokenizer import load_processor
 from maestro_jax.inference import (
     DECODERS,
     apply_operative_config,
@@ -34,6 +37,7 @@ from maestro_jax.inference import (
 _NOT_WORD = re.compile(r"[^\w\s']|_", re.UNICODE)
 _EDGE_APOSTROPHE = re.compile(r"(^|\s)'+|'+(?=\s|$)")
 _SPACES = re.compile(r"\s+")
+_log = logging.getLogger(__name__)
 
 
 def normalize_transcript(text: str) -> str:
@@ -116,47 +120,105 @@ def _as_str(value) -> str:
 DEFAULT_SPLITS = corpus_layout.TEST_SPLITS
 
 
+@dataclasses.dataclass
+class ManifestReport:
+    """What one pass over a manifest set aside or flagged, as JSON-friendly dicts: `skipped` one per unusable row
+    (manifest, line, file, reason, value; audio_files.BadRow), `level_warnings` one per scored file whose audio was
+    out of range or clipped (manifest, line, file, reason, peak, clipped_fraction; audio_files.AudioLevels)."""
+
+    skipped: list[dict] = dataclasses.field(default_factory=list)
+    level_warnings: list[dict] = dataclasses.field(default_factory=list)
+
+    def counts(self) -> dict[str, float]:
+        reasons = [warning["reason"] for warning in self.level_warnings]
+        return {
+            "num_skipped": float(len(self.skipped)),
+            "num_out_of_range_audio": float(reasons.count(audio_files.OUT_OF_RANGE_AUDIO)),
+            "num_clipped_audio": float(reasons.count(audio_files.CLIPPED_AUDIO)),
+        }
+
+
+SKIP_BAD_OPTION = (
+    "or pass --skip_bad to maestro-eval (skip_bad=True to evaluation.evaluate or split_error_rates) to skip such rows "
+    "and report them"
+)
+
+
+def _bad_row_error(row: audio_files.BadRow, max_samples_option: str) -> Exception:
+    """The error that stops a pass at `row`: AudioReadError for its audio file, ValueError for the row itself."""
+    fix = "fix or drop that row"
+    if row.reason == audio_files.TOO_LONG_AUDIO and max_samples_option:
+        fix = f"{max_samples_option}, drop that row"
+    error = ValueError if row.reason in (audio_files.BAD_JSON, audio_files.MISSING_KEY) else audio_files.AudioReadError
+    return error(f"{row.describe()}; {fix}, {SKIP_BAD_OPTION}.")
+
+
 def manifest_batches(
-    manifest: str, *, batch_size: int = 16, samples_multiple: int = SAMPLE_RATE_HZ
+    manifest: str,
+    *,
+    batch_size: int = 16,
+    samples_multiple: int = SAMPLE_RATE_HZ,
+    max_samples: int | None = None,
+    max_samples_option: str = "",
+    skip_bad: bool = False,
+    report: ManifestReport | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """One ordered pass over a NeMo-style JSONL manifest (`audio_filepath`, `text`; any sample rate, stereo
     averaged to mono) in eval batches shaped like `eval_batches`: `waveform` f32[B, N] with N the longest utterance
     rounded up to `samples_multiple` samples, `waveform_length` i32[B], `valid` bool[B], `id` and `text` object[B].
-    An unreadable audio file, or one with NaN/Inf samples, raises AudioReadError naming it, the manifest and the
-    utterance id."""
-    entries = audio_files.list_manifest(manifest)
-    if not entries:
-        raise ValueError(f"manifest {manifest} has no rows with audio; check its 'audio_filepath' fields.")
-    for start in range(0, len(entries), batch_size):
-        chunk = entries[start : start + batch_size]
-        waveforms = []
-        for entry in chunk:
-            try:
-                waveform = audio_files.read_audio(entry.path)
-            except audio_files.AudioReadError as error:
-                raise audio_files.AudioReadError(
-                    f"{manifest}, utterance {entry.id!r}: {error}; fix or drop that row."
-                ) from error
-            if not np.isfinite(waveform).all():  # a NaN file would otherwise be transcribed and scored as speech
-                bad = int(np.count_nonzero(~np.isfinite(waveform)))
-                raise audio_files.AudioReadError(
-                    f"{manifest}, utterance {entry.id!r}: audio file '{entry.path}' has {bad} NaN/Inf samples of "
-                    f"{len(waveform)}; fix or drop that row."
+
+    A row that cannot be scored (not a JSON object; no 'audio_filepath' or 'text'; a missing, undecodable, empty or
+    NaN/Inf audio file; more than `max_samples` samples, a limit that `max_samples_option` says how to raise) stops
+    the pass with an error naming the manifest, line, file, reason and value (AudioReadError for audio, ValueError
+    for the row), or with `skip_bad` is skipped, logged and appended to `report.skipped`. Out-of-range (scaled to
+    peak 1) or clipped audio is scored, logged as a warning and appended to `report.level_warnings`.
+    """
+    report = ManifestReport() if report is None else report
+    limit = f"the longest input of {max_samples} samples ({max_samples / SAMPLE_RATE_HZ:.1f} s)" if max_samples else ""
+
+    def usable_rows() -> Iterator[tuple[audio_files.AudioEntry, np.ndarray]]:
+        for row in audio_files.read_manifest_audio(manifest, needs_text=True, max_samples=max_samples, limit=limit):
+            if isinstance(row, audio_files.BadRow):
+                if not skip_bad:
+                    raise _bad_row_error(row, max_samples_option)
+                _log.warning("skipping %s", row.describe())
+                report.skipped.append(dataclasses.asdict(row))
+                continue
+            entry, waveform, levels = row
+            if levels.report is not None:
+                _log.warning("%s:%d: audio file '%s' %s", manifest, entry.line, entry.path, levels.describe())
+                report.level_warnings.append(
+                    {
+                        "manifest": manifest,
+                        "line": entry.line,
+                        "file": entry.path,
+                        "reason": levels.report,
+                        "peak": levels.peak,
+                        "clipped_fraction": levels.clipped_fraction,
+                    }
                 )
-            waveforms.append(waveform)
+            yield entry, waveform
+
+    rows, scored = usable_rows(), 0
+    while chunk := list(itertools.islice(rows, batch_size)):
+        scored += len(chunk)
+        entries, waveforms = [entry for entry, _ in chunk], [waveform for _, waveform in chunk]
         longest = max(len(w) for w in waveforms)
         samples = max(samples_multiple, samples_multiple * -(-longest // samples_multiple))
         batch = {
             "waveform": np.zeros([batch_size, samples], np.float32),
             "waveform_length": np.zeros([batch_size], np.int32),
             "valid": np.arange(batch_size) < len(chunk),
-            "id": np.array([e.id for e in chunk] + [""] * (batch_size - len(chunk)), dtype=object),
-            "text": np.array([e.text for e in chunk] + [""] * (batch_size - len(chunk)), dtype=object),
+            "id": np.array([e.id for e in entries] + [""] * (batch_size - len(chunk)), dtype=object),
+            "text": np.array([e.text for e in entries] + [""] * (batch_size - len(chunk)), dtype=object),
         }
         for row, waveform in enumerate(waveforms):
             batch["waveform"][row, : len(waveform)] = waveform
             batch["waveform_length"][row] = len(waveform)
         yield batch
+    if not scored:
+        why = f"all {len(report.skipped)} were skipped as bad (logged above)" if report.skipped else "none has audio"
+        raise ValueError(f"manifest {manifest} has no rows to score: {why}; check its 'audio_filepath' fields.")
 
 
 def split_batches(
@@ -192,7 +254,8 @@ def evaluate(
     batch_size: int = 16,
     pad_seconds: float = 5.0,
     progress: bool = True,
-) -> dict[str, dict[str, float]]:
+    skip_bad: bool = False,
+) -> dict[str, dict]:
     """WER/CER (`error_rates`) of a checkpoint (`model_dir`) or an export (`export_dir`) per evaluation source.
 
     splits: synthetic-corpus split names (the corpus of the saved operative config); manifests: NeMo JSONL files.
@@ -200,6 +263,8 @@ def evaluate(
     row {"source", "id", "reference", "hypothesis"} per utterance there. Returns {source: metrics}, the source being
     the split name or the manifest path. pad_seconds: batches are padded to a multiple of this many seconds, which
     bounds the number of compiled shapes (5 s: one shape for the synthetic corpus, the export's first bucket).
+    skip_bad: skip a manifest's unusable rows instead of stopping at the first (`manifest_batches`); a manifest's
+    metrics add `ManifestReport.counts()` and its `skipped` and `level_warnings` lists.
     """
     if (model_dir is None) == (export_dir is None):
         raise ValueError("give exactly one of --model_dir (a training run) or --export_dir (a maestro-export output).")
@@ -222,21 +287,35 @@ def evaluate(
             return loaded.transcribe_tokens(np.asarray(waveform), np.asarray(waveform_length))
 
         variables, tokenizer_path = None, loaded.tokenizer_path
-    tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_path)
+    # An export transcribes up to its longest bucket; a checkpoint has no length limit.
+    max_samples = None if model_dir is not None else max(loaded.metadata["bucket_samples"])
+    tokenizer = load_processor(tokenizer_path)
     results, all_rows = {}, []
     samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
     for kind, name in sources:
+        report = ManifestReport()
         if kind == "split":
             batches, total = split_batches(name, batch_size=batch_size, samples_multiple=samples_multiple)
         else:
-            batches, total = manifest_batches(name, batch_size=batch_size, samples_multiple=samples_multiple), None
+            batches = manifest_batches(
+                name,
+                batch_size=batch_size,
+                samples_multiple=samples_multiple,
+                max_samples=max_samples,
+                max_samples_option="re-export with a longer --bucket_seconds or split the audio",
+                skip_bad=skip_bad,
+                report=report,
+            )
+            total = None
         rows = transcribe_batches(transcribe, variables, batches, tokenizer.decode, progress=progress, total=total)
         results[name] = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+        if kind == "manifest":
+            results[name].update(report.counts(), skipped=report.skipped, level_warnings=report.level_warnings)
         all_rows.extend({"source": name, **row} for row in rows)
     if out is not None:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as f:
-            f.writelines(json.dumps(row) + "\n" for row in all_rows)
+        out_path = paths.as_path(out)
+        paths.makedirs(out_path.parent)
+        out_path.write_text("".join(json.dumps(row) + "\n" for row in all_rows))
     return results
 
 
@@ -258,15 +337,17 @@ def split_error_rates(
     beam_size: int = 4,
     batch_size: int = 16,
     pad_seconds: float = 5.0,
+    skip_bad: bool = False,
 ) -> dict[str, float]:
     """The trainer's periodic eval hook (`train.eval_fn`): WER/CER per decoder on synthetic-corpus splits and on
-    NeMo-style JSONL manifests (named by their file stem: `dev.jsonl` logs as "dev/wer").
+    NeMo-style JSONL manifests (named by their file stem: `dev.jsonl` logs as "dev/wer"). skip_bad: skip (and log)
+    a manifest's unusable rows instead of stopping the run at the first (`manifest_batches`).
 
     Returns {"<split>/wer", "<split>/cer"} for the first decoder and {"<split>/<decoder>_wer", ...} for the others
     (fractions, not percent), which the trainer logs as "eval/..." and plots beside the loss terms.
     """
     del step
-    tokenizer = sentencepiece.SentencePieceProcessor(model_file=tokenizer_of_config())
+    tokenizer = load_processor(tokenizer_of_config())
     samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
     sources = [("split", split, split) for split in splits]
     sources += [("manifest", os.path.basename(manifest).split(".")[0], manifest) for manifest in manifests]
@@ -277,7 +358,9 @@ def split_error_rates(
             if kind == "split":
                 batches, total = split_batches(split, batch_size=batch_size, samples_multiple=samples_multiple)
             else:
-                batches = manifest_batches(source, batch_size=batch_size, samples_multiple=samples_multiple)
+                batches = manifest_batches(
+                    source, batch_size=batch_size, samples_multiple=samples_multiple, skip_bad=skip_bad
+                )
                 total = None
             rows = transcribe_batches(transcribe, variables, batches, tokenizer.decode, progress=False, total=total)
             rates = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
@@ -341,15 +424,23 @@ def retrieval_errors(
     return results
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """A plain-text table: one row per source with WER and CER in percent and the utterance count."""
+def format_table(results: dict[str, dict]) -> str:
+    """A plain-text table: one row per source with WER and CER in percent, the utterance count and the rows skipped
+    as bad; then one line per skipped row and per out-of-range or clipped file (`evaluate`'s lists)."""
     width = max([len("source")] + [len(name) for name in results])
-    lines = [f"{'source':<{width}}  {'WER %':>7}  {'CER %':>7}  {'utts':>5}"]
+    lines = [f"{'source':<{width}}  {'WER %':>7}  {'CER %':>7}  {'utts':>5}  {'skipped':>7}"]
     for name, metrics in results.items():
         lines.append(
             f"{name:<{width}}  {100 * metrics['wer']:7.2f}  {100 * metrics['cer']:7.2f}  "
-            f"{int(metrics['num_utterances']):5d}"
+            f"{int(metrics['num_utterances']):5d}  {int(metrics.get('num_skipped', 0)):7d}"
         )
+    for metrics in results.values():
+        lines += [f"skipped {audio_files.BadRow(**row).describe()}" for row in metrics.get("skipped", [])]
+        lines += [
+            f"{w['reason']} {w['manifest']}:{w['line']} (audio file '{w['file']}'): peak {w['peak']:.4g}, "
+            f"{100 * w['clipped_fraction']:.2f} % of samples clipped"
+            for w in metrics.get("level_warnings", [])
+        ]
     return "\n".join(lines)
 
 

@@ -15,21 +15,21 @@ f32[B, E] (speech tower, then attention pooler: the SONAR student's output).
 
 `load(export_dir)` needs only JAX, NumPy, Orbax and sentencepiece: it never imports gin, seqio, TensorFlow or the
 training code (it restores through checkpoints.py, which needs only Orbax), so that evaluation and serving run without
-them. Writing an export does need the model code (inference.py), which is imported inside `write_export` for that
-reason.
+them (a gs:// export is read through TensorFlow's filesystem, which etils.epath picks for gs:// when it is
+installed: see `paths`). Writing an export does need the model code (inference.py), which is imported inside
+`write_export` for that reason.
 """
 
 import dataclasses
 import json
 import os
-import shutil
 from collections.abc import Sequence
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from maestro_jax import checkpoints
+from maestro_jax import checkpoints, paths
 from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 
 DEFAULT_BUCKET_SECONDS = (5.0, 10.0, 20.0, 30.0)
@@ -69,16 +69,16 @@ def write_export(
 
     variables = {k: v for k, v in variables.items() if k not in DROPPED_COLLECTIONS}
     variables = jax.tree.map(np.asarray, variables)
-    out_dir = os.path.abspath(out_dir)
-    if os.path.isfile(os.path.join(out_dir, "export.json")):
-        shutil.rmtree(out_dir)
-    elif os.path.exists(out_dir) and os.listdir(out_dir):
+    out_dir = paths.resolve(out_dir)
+    out = paths.as_path(out_dir)
+    if (out / "export.json").exists():
+        out.rmtree()
+    elif out.exists() and any(out.iterdir()):
         raise ValueError(f"{out_dir} exists and is not an export; choose an empty or new directory for --out.")
-    os.makedirs(os.path.join(out_dir, "functions"))
-    ocp.PyTreeCheckpointer().save(os.path.join(out_dir, "params"), variables)
-    shutil.copyfile(tokenizer_path, os.path.join(out_dir, "spm.model"))
-    with open(os.path.join(out_dir, "operative_config.gin"), "w") as f:
-        f.write(config_text)
+    paths.makedirs(out / "functions")
+    ocp.PyTreeCheckpointer().save(out / "params", variables)
+    (out / "spm.model").write_bytes(paths.as_path(tokenizer_path).read_bytes())
+    (out / "operative_config.gin").write_text(config_text)
 
     def transcribe(variables, waveform, waveform_length):
         return inference.transcribe_tokens(
@@ -102,8 +102,7 @@ def write_export(
             exported = jax.export.export(jax.jit(fn), platforms=platforms)(*specs)
             if name == "embed":
                 embedding_dim = int(exported.out_avals[0].shape[-1])
-            with open(_function_path(out_dir, name, samples), "wb") as f:
-                f.write(exported.serialize())
+            paths.as_path(_function_path(out_dir, name, samples)).write_bytes(exported.serialize())
     metadata = {
         "format": 1,
         "sample_rate": SAMPLE_RATE_HZ,
@@ -113,8 +112,7 @@ def write_export(
         "embedding_dim": embedding_dim,
         "platforms": list(platforms or [jax.default_backend()]),
     }
-    with open(os.path.join(out_dir, "export.json"), "w") as f:
-        json.dump(metadata, f, indent=1)
+    (out / "export.json").write_text(json.dumps(metadata, indent=1))
     return out_dir
 
 
@@ -136,7 +134,7 @@ def export_model_dir(
     if average_last < 1:
         raise ValueError(f"--average_last must be >= 1, got {average_last}.")
     restored = inference.load_model_dir(model_dir, checkpoint_step=checkpoint_step, use_ema=use_ema)
-    checkpoint_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    checkpoint_dir = os.path.join(paths.resolve(model_dir), "checkpoints")
     steps = [s for s in checkpoints.checkpoint_steps(checkpoint_dir) if s <= restored.step][-average_last:]
     if len(steps) < average_last:
         raise ValueError(
@@ -178,14 +176,18 @@ class ExportedModel:
     def __post_init__(self):
         import sentencepiece
 
-        self._tokenizer = sentencepiece.SentencePieceProcessor(model_file=self.tokenizer_path)
+        # From bytes, as data.tokenizer.load_processor does (sentencepiece reads local files only); not that function
+        # itself, which would import maestro_jax.data into the loader.
+        self._tokenizer = sentencepiece.SentencePieceProcessor(
+            model_proto=paths.as_path(self.tokenizer_path).read_bytes()
+        )
         self._functions: dict = {}
 
     def _function(self, name: str, samples: int):
         key = (name, samples)
         if key not in self._functions:
-            with open(_function_path(self.export_dir, name, samples), "rb") as f:
-                self._functions[key] = jax.export.deserialize(bytearray(f.read()))
+            serialized = paths.as_path(_function_path(self.export_dir, name, samples)).read_bytes()
+            self._functions[key] = jax.export.deserialize(bytearray(serialized))
         return self._functions[key]
 
     def _bucketed(self, waveform, waveform_length) -> tuple[np.ndarray, np.ndarray, int]:
@@ -232,19 +234,15 @@ class ExportedModel:
 
 def load(export_dir: str) -> ExportedModel:
     """Loads an export written by `write_export` (params restored as host NumPy arrays)."""
-    export_dir = os.path.abspath(export_dir)
-    metadata_path = os.path.join(export_dir, "export.json")
-    if not os.path.isfile(metadata_path):
+    export_dir = paths.resolve(export_dir)
+    metadata_path = paths.as_path(os.path.join(export_dir, "export.json"))
+    if not metadata_path.exists():
         raise FileNotFoundError(f"{metadata_path} is missing; is {export_dir} the --out of maestro-export?")
-    with open(metadata_path) as f:
-        metadata = json.load(f)
     variables = checkpoints.restore_pytree(os.path.join(export_dir, "params"))
-    with open(os.path.join(export_dir, "operative_config.gin")) as f:
-        config_text = f.read()
     return ExportedModel(
         export_dir=export_dir,
-        metadata=metadata,
+        metadata=json.loads(metadata_path.read_text()),
         variables=variables,
-        config_text=config_text,
+        config_text=paths.as_path(os.path.join(export_dir, "operative_config.gin")).read_text(),
         tokenizer_path=os.path.join(export_dir, "spm.model"),
     )

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 import maestro_jax
-from maestro_jax import checkpoints, decoding, gin_utils
+from maestro_jax import checkpoints, decoding, gin_utils, paths
 from maestro_jax.data import corpus_layout
 from maestro_jax.models import make_model
 from maestro_jax.objectives import renamed
@@ -124,7 +124,7 @@ def load_model_dir(
 ) -> RestoredModel:
     """Rebuilds the model of a training run from the operative config saved with its checkpoint (gin) and restores
     its inference variables (`checkpoints.restore_inference_variables`). Leaves that config as the global gin config."""
-    checkpoint_dir = os.path.join(os.path.abspath(model_dir), "checkpoints")
+    checkpoint_dir = os.path.join(paths.resolve(model_dir), "checkpoints")
     step = checkpoints.find_step(checkpoint_dir, checkpoint_step)
     config_text = checkpoints.restore_operative_config(checkpoint_dir, step)
     apply_operative_config(config_text)

@@ -1,8 +1,10 @@
 """Training metrics: TensorBoard (tf.summary), metrics.jsonl, tqdm progress bar, loss PNG, and MFU.
 
-Only process 0 writes; other processes get a writer whose methods do nothing.
+Only process 0 writes; other processes get a writer whose methods do nothing. The model directory may be a URL
+(gs://...: `paths`); TensorBoard reaches it through TensorFlow's own filesystems.
 """
 
+import io
 import json
 import logging
 import os
@@ -11,6 +13,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from maestro_jax import paths
+
+# An object store cannot append: a remote metrics.jsonl is rewritten whole, at most this often (and on close).
+REMOTE_JSONL_REWRITE_SECONDS = 60.0
 
 # Dense bf16 peak FLOP/s per chip (vendor data sheets). Keys are substrings of `jax.Device.device_kind`, most
 # specific first.
@@ -71,23 +78,33 @@ def model_flops_utilization(flops_per_step_per_device: float, steps_per_second: 
 
 
 class MetricsWriter:
-    """Writes scalars to TensorBoard event files and `metrics.jsonl` in `model_dir` (process 0 only)."""
+    """Writes scalars to TensorBoard event files and `metrics.jsonl` in `model_dir` (process 0 only).
+
+    A local metrics.jsonl is appended to and flushed at every write. A remote one (`paths.is_url`) is kept in memory,
+    rows already there included, and rewritten every REMOTE_JSONL_REWRITE_SECONDS and on close.
+    """
 
     def __init__(self, model_dir: str, *, enabled: bool | None = None, tensorboard: bool = True):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
-        self.model_dir = model_dir
-        self.jsonl_path = os.path.join(model_dir, "metrics.jsonl")
+        self.model_dir = paths.resolve(model_dir)
+        self.jsonl_path = os.path.join(self.model_dir, "metrics.jsonl")
         self._summary_writer = None
         if not self.enabled:
             return
-        os.makedirs(model_dir, exist_ok=True)
-        self._jsonl = open(self.jsonl_path, "a")
+        paths.makedirs(self.model_dir)
+        if paths.is_url(self.jsonl_path):
+            self._jsonl = None
+            remote = paths.as_path(self.jsonl_path)
+            self._remote_text = remote.read_text() if remote.exists() else ""
+            self._remote_written = time.monotonic()
+        else:
+            self._jsonl = open(self.jsonl_path, "a")
         if tensorboard:
             import tensorflow as tf
 
             tf.config.set_visible_devices([], "GPU")  # TensorFlow must not take accelerator memory from JAX
             self._tf = tf
-            self._summary_writer = tf.summary.create_file_writer(os.path.join(model_dir, "tensorboard"))
+            self._summary_writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "tensorboard"))
 
     @staticmethod
     def _metadata(plugin_name: str):
@@ -101,8 +118,14 @@ class MetricsWriter:
         if not self.enabled:
             return
         scalars = {k: float(v) for k, v in scalars.items()}
-        self._jsonl.write(json.dumps({"step": int(step), **scalars}) + "\n")
-        self._jsonl.flush()
+        row = json.dumps({"step": int(step), **scalars}) + "\n"
+        if self._jsonl is None:
+            self._remote_text += row
+            if time.monotonic() - self._remote_written >= REMOTE_JSONL_REWRITE_SECONDS:
+                self._rewrite_remote_jsonl()
+        else:
+            self._jsonl.write(row)
+            self._jsonl.flush()
         if self._summary_writer is not None:
             with self._summary_writer.as_default():
                 for name, value in scalars.items():
@@ -116,16 +139,22 @@ class MetricsWriter:
                 self._tf.summary.write(name, text, step=step, metadata=self._metadata("text"))
             self._summary_writer.flush()
 
+    def _rewrite_remote_jsonl(self):
+        paths.as_path(self.jsonl_path).write_text(self._remote_text)
+        self._remote_written = time.monotonic()
+
     def close(self):
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is None:
+                self._rewrite_remote_jsonl()
+            else:
+                self._jsonl.close()
             if self._summary_writer is not None:
                 self._summary_writer.close()
 
 
 def read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in paths.as_path(path).read_text().splitlines() if line.strip()]
 
 
 def curve_names(rows: list[dict]) -> tuple[list[str], list[str]]:
@@ -169,8 +198,10 @@ def plot_loss_curves(jsonl_path: str, png_path: str) -> None:
     draw(rate_ax, rates, scale=100.0)
     rate_ax.set_title("evaluation error rate (%)" if rates else "no evaluation logged (train.eval_fn)")
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    png = io.BytesIO()  # matplotlib writes local files only; the bytes go through `paths` (png_path may be gs://)
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    paths.as_path(png_path).write_bytes(png.getvalue())
 
 
 class ProgressBar:

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh
 
-from maestro_jax import checkpoints, metrics, partitioning, trainer
+from maestro_jax import checkpoints, metrics, partitioning, paths, trainer
 from maestro_jax.data import tokenizer
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,7 @@ def preemption_exit_code(code: int = 42) -> int:
 def _write_operative_config(model_dir: str) -> str:
     text = gin.operative_config_str()
     if jax.process_index() == 0:
-        with open(os.path.join(model_dir, "operative_config.gin"), "w") as f:
-            f.write(text)
+        paths.as_path(os.path.join(model_dir, "operative_config.gin")).write_text(text)
     return text
 
 
@@ -97,7 +96,8 @@ def train(
     """Trains until `train_steps` (resuming from the latest checkpoint in model_dir/checkpoints) and returns the state;
     a model_dir whose latest checkpoint already reaches `train_steps` is restored and returned without training.
 
-    model_dir: where checkpoints/, metrics.jsonl, tensorboard/, operative_config.gin and loss_curves.png go.
+    model_dir: where checkpoints/, metrics.jsonl, tensorboard/, operative_config.gin and loss_curves.png go; a local
+    directory or a URL such as gs://bucket/run (`paths`).
     train_steps: total optimizer steps, counted across restarts. seed: init, step rng and data shuffling.
     learning_rate_schedule: default `trainer.make_learning_rate_schedule()`; logged, and used by the default
     optimizer `trainer.make_optimizer(learning_rate=learning_rate_schedule)`.
@@ -109,7 +109,8 @@ def train(
     init_hooks: functions variables -> variables run after model.init (e.g. `init_teacher_from_checkpoint`).
     mesh: defaults to `partitioning.make_mesh()` (gin-configurable sizes).
     """
-    os.makedirs(model_dir, exist_ok=True)
+    model_dir = paths.resolve(model_dir)
+    paths.makedirs(model_dir)
     rules = partitioning.logical_axis_rules()
     mesh = partitioning.make_mesh() if mesh is None else mesh
     if learning_rate_schedule is None:
@@ -282,7 +283,7 @@ def train(
         bar.close()
         writer.close()
         _close_data(data)
-    if jax.process_index() == 0 and os.path.exists(writer.jsonl_path):
+    if jax.process_index() == 0 and paths.as_path(writer.jsonl_path).exists():
         metrics.plot_loss_curves(writer.jsonl_path, os.path.join(model_dir, "loss_curves.png"))
     return state
 

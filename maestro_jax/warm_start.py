@@ -18,14 +18,14 @@ import gin
 import jax.numpy as jnp
 from flax import traverse_util
 
-from maestro_jax import checkpoints
+from maestro_jax import checkpoints, paths
 
 log = logging.getLogger(__name__)
 
 
 def _checkpoint_dir(checkpoint: str) -> str:
     nested = os.path.join(checkpoint, "checkpoints")
-    return nested if os.path.isdir(nested) else checkpoint
+    return nested if paths.as_path(nested).is_dir() else checkpoint
 
 
 def copy_matching_params(

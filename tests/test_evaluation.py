@@ -1,9 +1,11 @@
 """maestro-eval's library: WER/CER against a brute-force edit distance, checkpoint restore without the optimizer
-(params, EMA, step choice), manifests (any rate, stereo, unreadable files) and seqio splits scoring alike."""
+(params, EMA, step choice), manifests (any rate, stereo, unreadable files, bad rows skipped with --skip_bad,
+out-of-range and clipped audio reported) and seqio splits scoring alike."""
 
 import functools
 import json
 import os
+import re
 
 import flax.linen as nn
 import gin
@@ -141,7 +143,7 @@ def test_manifest_reads_any_rate_and_stereo_and_names_bad_files(tmp_path):
     (tmp_path / "broken.wav").write_bytes(b"not audio")
     rows.append({"audio_filepath": str(tmp_path / "broken.wav"), "text": "three"})
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    expected = r"m\.jsonl, utterance '.*broken': cannot read audio file '.*broken\.wav'"
+    expected = r"m\.jsonl:3 \(audio file '.*broken\.wav'\): unreadable_audio: .*--skip_bad"
     with pytest.raises(audio_files.AudioReadError, match=expected):
         list(evaluation.manifest_batches(str(manifest)))
 
@@ -150,9 +152,92 @@ def test_manifest_reads_any_rate_and_stereo_and_names_bad_files(tmp_path):
     soundfile.write(tmp_path / "nan.wav", nan_tone, 22050, subtype="FLOAT")
     rows[2] = {"audio_filepath": str(tmp_path / "nan.wav"), "text": "three"}
     manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    expected = r"m\.jsonl, utterance '.*nan': audio file '.*nan\.wav' has \d+ NaN/Inf samples of 16000"
+    expected = r"m\.jsonl:3 \(audio file '.*nan\.wav'\): non_finite_audio: has \d+ NaN/Inf samples of 16000"
     with pytest.raises(audio_files.AudioReadError, match=expected):
         list(evaluation.manifest_batches(str(manifest)))
+
+
+TONE = 0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 16000).astype(np.float32)
+# name -> (reason, whether the message names an audio file) for each kind of manifest row maestro-eval cannot score.
+BAD_ROWS = {
+    "missing": (audio_files.UNREADABLE_AUDIO, True),
+    "garbage": (audio_files.UNREADABLE_AUDIO, True),
+    "nan": (audio_files.NON_FINITE_AUDIO, True),
+    "inf": (audio_files.NON_FINITE_AUDIO, True),
+    "empty": (audio_files.EMPTY_AUDIO, True),
+    "long": (audio_files.TOO_LONG_AUDIO, True),
+    "no_text": (audio_files.MISSING_KEY, True),
+    "no_audio_key": (audio_files.MISSING_KEY, False),
+    "bad_json": (audio_files.BAD_JSON, False),
+    "json_list": (audio_files.BAD_JSON, False),
+}
+LONG_LIMIT = 12000  # max_samples: TONE (8000 samples) fits, "long" (16000) does not
+
+
+def bad_row_lines(root) -> dict[str, str]:
+    """Writes the audio of BAD_ROWS (plus a good TONE) under `root`; returns name -> its manifest line."""
+    nan, inf = TONE.copy(), TONE.copy()
+    nan[10], inf[10] = np.nan, np.inf  # at 16 kHz no resampling smears them; Inf must not be clipped to 1
+    soundfile.write(root / "good.wav", TONE, 16000)
+    soundfile.write(root / "nan.wav", nan, 16000, subtype="FLOAT")
+    soundfile.write(root / "inf.wav", inf, 16000, subtype="FLOAT")
+    soundfile.write(root / "empty.wav", TONE[:0], 16000)
+    soundfile.write(root / "long.wav", np.tile(TONE, 2), 16000)
+    (root / "garbage.wav").write_bytes(b"RIFF\x00\x00 this is not audio")
+    lines = {name: json.dumps({"audio_filepath": f"{name}.wav", "text": "a tone"}) for name in BAD_ROWS}
+    lines["good"] = json.dumps({"audio_filepath": "good.wav", "text": "a tone"})
+    lines["no_text"] = json.dumps({"audio_filepath": "good.wav", "duration": 0.5})
+    lines["no_audio_key"] = json.dumps({"path": "good.wav", "text": "a tone"})
+    lines["bad_json"] = '{"audio_filepath": "good.wav", "text": "a tone"'
+    lines["json_list"] = '["good.wav", "a tone"]'
+    return lines
+
+
+@pytest.mark.parametrize("name", sorted(BAD_ROWS))
+def test_bad_manifest_row_stops_naming_line_file_and_reason_or_is_skipped(tmp_path, name):
+    reason, names_file = BAD_ROWS[name]
+    lines = bad_row_lines(tmp_path)
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(f"{lines['good']}\n{lines[name]}\n")
+    read = functools.partial(evaluation.manifest_batches, str(manifest), batch_size=4, max_samples=LONG_LIMIT)
+    file = rf" \(audio file '.*/{'good' if name == 'no_text' else name}\.wav'\)" if names_file else ""
+    with pytest.raises((ValueError, audio_files.AudioReadError), match=rf"m\.jsonl:2{file}: {reason}: .*--skip_bad"):
+        list(read())
+    report = evaluation.ManifestReport()
+    (batch,) = read(skip_bad=True, report=report)
+    assert list(batch["id"][batch["valid"]]) == ["good"]
+    (skipped,) = report.skipped
+    assert (skipped["manifest"], skipped["line"], skipped["reason"]) == (str(manifest), 2, reason)
+    assert skipped["file"].endswith(".wav") == names_file and skipped["value"]
+    assert report.counts()["num_skipped"] == 1.0
+
+
+def test_out_of_range_audio_is_scaled_and_clipped_audio_kept_and_both_reported(tmp_path, caplog):
+    soundfile.write(tmp_path / "loud.wav", 3 * TONE, 16000, subtype="FLOAT")  # peak 1.5: float WAV holds it
+    soundfile.write(tmp_path / "clipped.wav", np.clip(4 * TONE, -1, 1), 16000, subtype="PCM_16")
+    soundfile.write(tmp_path / "full.wav", TONE / TONE.max(), 16000, subtype="PCM_16")  # touches full scale only
+    loud, levels = audio_files.read_audio_with_levels(tmp_path / "loud.wav")
+    assert levels.peak == pytest.approx(1.5) and levels.report == audio_files.OUT_OF_RANGE_AUDIO
+    np.testing.assert_allclose(loud, 2 * TONE, rtol=1e-6)  # the same waveform at peak 1, not clipped
+    clipped, levels = audio_files.read_audio_with_levels(tmp_path / "clipped.wav")
+    assert levels.report == audio_files.CLIPPED_AUDIO and levels.clipped_fraction > 0.5
+    np.testing.assert_allclose(clipped, np.clip(4 * TONE, -1, 1), atol=1 / 16384)  # kept as is
+    assert audio_files.read_audio_with_levels(tmp_path / "full.wav")[1].report is None
+
+    manifest = tmp_path / "m.jsonl"
+    rows = [{"audio_filepath": f"{name}.wav", "text": "a tone"} for name in ("full", "loud", "clipped")]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = evaluation.ManifestReport()
+    (batch,) = evaluation.manifest_batches(str(manifest), batch_size=4, report=report)
+    assert batch["valid"].sum() == 3 and np.abs(batch["waveform"]).max() == 1.0
+    assert [(w["line"], w["reason"]) for w in report.level_warnings] == [
+        (2, audio_files.OUT_OF_RANGE_AUDIO),
+        (3, audio_files.CLIPPED_AUDIO),
+    ]
+    assert report.level_warnings[0]["peak"] == pytest.approx(1.5)
+    assert report.counts() == {"num_skipped": 0.0, "num_out_of_range_audio": 1.0, "num_clipped_audio": 1.0}
+    assert re.search(r"m\.jsonl:2: audio file '.*loud\.wav' peaks at 1\.5 ", caplog.text)
+    assert re.search(r"m\.jsonl:3: audio file '.*clipped\.wav' is clipped: \d+\.\d+ % of samples", caplog.text)
 
 
 def test_split_and_manifest_of_the_same_audio_score_alike(run, tmp_path):
@@ -220,12 +305,51 @@ def test_unseen_voices_and_words_manifest_evaluates(run, tmp_path):
     assert np.isfinite(results[str(manifest)]["cer"])
 
 
+def test_skip_bad_scores_the_good_rows_like_a_manifest_of_only_them(run, tmp_path, capsys):
+    model_dir, _, corpus_dir = run
+    corpus_lines = (corpus_dir / "manifests" / "test_in_vocab.jsonl").read_text().splitlines()[:3]
+    first = json.loads(corpus_lines[0])
+    speech, _ = soundfile.read(first["audio_filepath"], dtype="float32")
+    # A float copy of the first utterance peaking at 1.5: scored (scaled back to peak 1) and reported.
+    soundfile.write(tmp_path / "loud.wav", speech * (1.5 / np.abs(speech).max()), 16000, subtype="FLOAT")
+    good = corpus_lines + [json.dumps({"audio_filepath": str(tmp_path / "loud.wav"), "text": first["text"]})]
+    bad = {name: line for name, line in bad_row_lines(tmp_path).items() if name not in ("good", "long")}
+    clean, dirty = tmp_path / "clean.jsonl", tmp_path / "dirty.jsonl"
+    clean.write_text("".join(line + "\n" for line in good))
+    lines, expected_skips = [], set()
+    for i, name in enumerate(bad):  # every bad row, the good ones interleaved with the first of them
+        lines += good[i : i + 1] + [bad[name]]
+        expected_skips.add((len(lines), BAD_ROWS[name][0]))
+    dirty.write_text("".join(line + "\n" for line in lines))
+
+    expected = evaluation.evaluate(model_dir=model_dir, manifests=[str(clean)], progress=False)[str(clean)]
+    assert eval_cli.main(["--model_dir", model_dir, "--manifest", str(dirty)]) == 1
+    name = next(iter(bad))
+    first_bad = re.escape(f"{dirty}:2 (audio file '{tmp_path}/{name}.wav'): {BAD_ROWS[name][0]}: ")
+    assert re.search(first_bad + ".*--skip_bad", capsys.readouterr().err)
+
+    assert eval_cli.main(["--model_dir", model_dir, "--manifest", str(dirty), "--skip_bad", "--json"]) == 0
+    out = capsys.readouterr().out
+    got = json.loads(out[out.index("\n{") + 1 :])[str(dirty)]
+    for key in ("wer", "cer", "num_utterances", "num_reference_words"):
+        assert got[key] == expected[key], key
+    assert got["num_utterances"] == len(good) and got["num_skipped"] == len(bad)
+    assert {(row["line"], row["reason"]) for row in got["skipped"]} == expected_skips
+    table = out.splitlines()
+    assert table[0].split()[-1] == "skipped" and table[1].split()[-1] == str(len(bad))
+    assert sum(line.startswith(f"skipped {dirty}:") for line in table) == len(bad)
+    for report in (expected, got):
+        (warning,) = report["level_warnings"]
+        assert warning["file"].endswith("loud.wav") and warning["peak"] == pytest.approx(1.5)
+        assert report["num_out_of_range_audio"] == 1.0 and report["num_clipped_audio"] == 0.0
+
+
 def test_cli_prints_table_and_reports_missing_checkpoint(run, tmp_path, capsys):
     model_dir, _, _ = run
     assert eval_cli.main(["--model_dir", model_dir, "--split", "dev", "--decoder", "ctc_greedy"]) == 0
     table = capsys.readouterr().out
-    assert table.splitlines()[0].split() == ["source", "WER", "%", "CER", "%", "utts"]
-    assert table.splitlines()[1].split()[0] == "dev" and table.splitlines()[1].split()[-1] == "16"
+    assert table.splitlines()[0].split() == ["source", "WER", "%", "CER", "%", "utts", "skipped"]
+    assert table.splitlines()[1].split()[0] == "dev" and table.splitlines()[1].split()[-2:] == ["16", "0"]
     assert eval_cli.main(["--model_dir", str(tmp_path)]) == 1
     assert "no checkpoints under" in capsys.readouterr().err
 

@@ -2,6 +2,7 @@
 
 maestro-eval --model_dir DIR | --export_dir DIR [--split test_in_vocab ...] [--manifest file.jsonl ...]
     [--decoder rnnt_greedy|rnnt_beam|ctc_greedy] [--beam_size 4] [--out hyps.jsonl] [--checkpoint_step N] [--use_ema]
+    [--skip_bad]   (skip and report unusable manifest rows instead of stopping at the first)
 maestro-eval --model_dir DIR --retrieval [--split test_in_vocab ...]   (SONAR speech->text retrieval error)
 """
 
@@ -32,6 +33,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--use_ema", action="store_true", help="evaluate the EMA params")
     parser.add_argument("--batch_size", type=int, default=16, help="utterances per decoding batch")
     parser.add_argument(
+        "--skip_bad",
+        action="store_true",
+        help="skip manifest rows that cannot be scored (bad JSON, missing keys or files, unreadable, empty, NaN/Inf "
+        "or too long audio), list them by line, file and reason, and score the rest",
+    )
+    parser.add_argument(
         "--retrieval",
         action="store_true",
         help="score a sonar_speech model by speech->text retrieval error (xsim) on --split instead of WER",
@@ -56,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint_step=args.checkpoint_step,
             use_ema=args.use_ema,
             batch_size=args.batch_size,
+            skip_bad=args.skip_bad,
         )
     except (FileNotFoundError, ValueError, AudioReadError) as error:
         print(f"maestro-eval: {error}", file=sys.stderr)

@@ -9,6 +9,10 @@ Every task's examples carry the same features, so any task can feed any stream:
 
 Bad examples are not removed inside tf.data: the batcher calls `find_defect` on each one, so it can count them per
 stream and reason (`FilterStats`), or stop with `describe_defect`'s message when strict.
+
+Audio files whose decoded samples leave [-1, 1] (scaled to peak 1) or are clipped (kept) are still used; each such
+read is counted per report in `audio_level_counts` and logged at the first and every power-of-two count, naming the
+file (see audio_files for why out-of-range audio is scaled).
 """
 
 import os
@@ -17,21 +21,21 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import collections
 import logging
+import threading
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
-from maestro_jax.audio_constants import SAMPLE_RATE_HZ
 from maestro_jax.data import audio_files
 
 UNK_ID = 2
 INT16_SCALE = 32768.0
 
-UNREADABLE_AUDIO = "unreadable_audio"
-EMPTY_AUDIO = "empty_audio"
-NON_FINITE_AUDIO = "non_finite_audio"
-TOO_LONG_AUDIO = "too_long_audio"
+UNREADABLE_AUDIO = audio_files.UNREADABLE_AUDIO
+EMPTY_AUDIO = audio_files.EMPTY_AUDIO
+NON_FINITE_AUDIO = audio_files.NON_FINITE_AUDIO
+TOO_LONG_AUDIO = audio_files.TOO_LONG_AUDIO
 EMPTY_TRANSCRIPT = "empty_transcript"
 UNK_TOKEN = "unk_token"
 TOO_MANY_TOKENS = "too_many_tokens"
@@ -46,6 +50,35 @@ REASONS = (
 )
 
 _log = logging.getLogger(__name__)
+
+# Audio is decoded inside tf.data (possibly on several threads), before the batcher assigns examples to streams, so
+# these reports are counted per process rather than per stream in FilterStats.
+_level_counts: collections.Counter = collections.Counter()
+_level_lock = threading.Lock()
+
+
+def audio_level_counts() -> dict[str, int]:
+    """Audio-file reads by this process whose samples were out of range (audio_files.OUT_OF_RANGE_AUDIO, scaled to
+    peak 1) or clipped (audio_files.CLIPPED_AUDIO, kept); a file read in two epochs counts twice."""
+    with _level_lock:
+        return dict(_level_counts)
+
+
+def _record_levels(example_id: bytes, path: str, levels: audio_files.AudioLevels) -> None:
+    if levels.report is None:
+        return
+    with _level_lock:
+        _level_counts[levels.report] += 1
+        count = _level_counts[levels.report]
+    if count & (count - 1) == 0:
+        _log.warning(
+            "%s: audio file '%s' (utterance '%s') %s [%d such read(s) so far]",
+            levels.report,
+            path,
+            to_str(example_id),
+            levels.describe(),
+            count,
+        )
 
 
 def _text_id(text: tf.Tensor) -> tf.Tensor:
@@ -74,18 +107,23 @@ def from_tfds_features(
     return dataset.map(convert, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-def _read_audio_or_error(path: bytes) -> tuple[np.ndarray, bytes]:
+def _read_audio_or_error(path: bytes, example_id: bytes) -> tuple[np.ndarray, bytes]:
     try:
-        return audio_files.read_audio(path.decode()), b""
+        waveform, levels = audio_files.read_audio_with_levels(path.decode())
     except audio_files.AudioReadError as error:
         return np.zeros([0], np.float32), str(error).encode()
+    _record_levels(example_id, path.decode(), levels)
+    return waveform, b""
 
 
 def read_audio_files(dataset: tf.data.Dataset) -> tf.data.Dataset:
-    """Reads `path` (from an audio-file source) into `waveform`; unreadable files give N = 0 and an `audio_error`."""
+    """Reads `path` (from an audio-file source) into `waveform`; unreadable files give N = 0 and an `audio_error`,
+    out-of-range or clipped ones are counted in `audio_level_counts`."""
 
     def read(example):
-        waveform, error = tf.numpy_function(_read_audio_or_error, [example["path"]], (tf.float32, tf.string))
+        waveform, error = tf.numpy_function(
+            _read_audio_or_error, [example["path"], example["id"]], (tf.float32, tf.string)
+        )
         return {
             "id": example["id"],
             "text": example["text"],
@@ -146,12 +184,9 @@ def find_defect(
     if needs_audio:
         if example["audio_error"]:
             return UNREADABLE_AUDIO
-        if example["waveform"].shape[0] == 0:
-            return EMPTY_AUDIO
-        if not np.isfinite(example["waveform"]).all():
-            return NON_FINITE_AUDIO
-        if max_samples is not None and example["waveform"].shape[0] > max_samples:
-            return TOO_LONG_AUDIO
+        reason = audio_files.audio_defect(example["waveform"], max_samples)
+        if reason is not None:
+            return reason
     if needs_text:
         if example["tokens"].shape[0] == 0:
             return EMPTY_TRANSCRIPT
@@ -182,17 +217,14 @@ def describe_defect(
     drop = f"or {drop_option} to drop and count such examples"
     if reason == UNREADABLE_AUDIO:
         return f"{name}: {to_str(example['audio_error'])}; fix or remove the file, {drop}"
-    if reason == EMPTY_AUDIO:
-        return f"{name} has 0 samples; fix the data {drop}"
-    if reason == NON_FINITE_AUDIO:
-        bad = int(np.count_nonzero(~np.isfinite(example["waveform"])))
-        return f"{name} has {bad} NaN/Inf samples of {example['waveform'].shape[0]}; fix or remove the file, {drop}"
-    if reason == TOO_LONG_AUDIO:
-        samples = example["waveform"].shape[0]
-        return (
-            f"{name} has {samples} samples ({samples / SAMPLE_RATE_HZ:.2f} s), more than "
-            f"max_samples={max_samples} of stream '{stream}'; raise StreamSpec.max_samples {drop}"
-        )
+    if reason in (EMPTY_AUDIO, NON_FINITE_AUDIO, TOO_LONG_AUDIO):
+        limit = f"max_samples={max_samples} of stream '{stream}'"
+        seen = f"{name} {audio_files.describe_audio_defect(reason, example['waveform'], limit)}"
+        if reason == EMPTY_AUDIO:
+            return f"{seen}; fix the data {drop}"
+        if reason == NON_FINITE_AUDIO:
+            return f"{seen}; fix or remove the file, {drop}"
+        return f"{seen}; raise StreamSpec.max_samples {drop}"
     if reason == EMPTY_TRANSCRIPT:
         return f"{name} has an empty transcript but stream '{stream}' needs text; fix the transcript {drop}"
     if reason == UNK_TOKEN:

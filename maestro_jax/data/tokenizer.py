@@ -13,9 +13,17 @@ from pathlib import Path
 
 import sentencepiece
 
+from maestro_jax import paths
+
 PAD_ID = 0
 EOS_ID = 1
 UNK_ID = 2
+
+
+def load_processor(path: str | Path) -> sentencepiece.SentencePieceProcessor:
+    """The sentencepiece model at `path`, a local file or a URL (gs://...): read through `paths` as bytes, since
+    sentencepiece itself opens local files only."""
+    return sentencepiece.SentencePieceProcessor(model_proto=paths.as_path(path).read_bytes())
 
 
 def train_sentencepiece(
@@ -125,7 +133,7 @@ def train_from_files(
     model_path = train_sentencepiece(
         sample, Path(out_dir) / "spm.model", vocab_size=vocab_size, character_coverage=character_coverage
     )
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
+    processor = load_processor(model_path)
     num_tokens = num_unk = 0
     for sentence in filter(None, normalised()):
         ids = processor.encode(sentence)
@@ -147,13 +155,13 @@ def train_from_files(
 
 def count_unknown_pieces(model_path: Path, texts: Iterable[str]) -> int:
     """Number of unk ids produced when encoding every text with the model at `model_path`."""
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
+    processor = load_processor(model_path)
     return sum(ids.count(UNK_ID) for ids in processor.encode(list(texts)))
 
 
 def measured_character_coverage(model_path: Path, texts: Iterable[str]) -> float:
     """Share of the non-space characters in `texts` that the model encodes without unk."""
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(model_path))
+    processor = load_processor(model_path)
     counts = collections.Counter(char for text in texts for char in text if not char.isspace())
     covered = sum(count for char, count in counts.items() if UNK_ID not in processor.encode(char))
     return covered / max(1, sum(counts.values()))
@@ -161,7 +169,7 @@ def measured_character_coverage(model_path: Path, texts: Iterable[str]) -> float
 
 def check_id_conventions(path: str | Path) -> None:
     """Raises ValueError unless the sentencepiece model at `path` keeps the project's ids (pad 0, eos 1, unk 2)."""
-    processor = sentencepiece.SentencePieceProcessor(model_file=str(path))
+    processor = load_processor(path)
     seen = {"pad": processor.pad_id(), "eos": processor.eos_id(), "unk": processor.unk_id()}
     wanted = {"pad": PAD_ID, "eos": EOS_ID, "unk": UNK_ID}
     if seen != wanted:
@@ -179,7 +187,7 @@ def check_vocab_size(path: str | Path, vocab_size: int, binding: str) -> None:
     A larger tokenizer gives ids that the embedding gathers as NaN (the NaN guard then skips every step); a smaller one
     lets decoding emit ids the tokenizer cannot turn back into text.
     """
-    pieces = sentencepiece.SentencePieceProcessor(model_file=str(path)).get_piece_size()
+    pieces = load_processor(path).get_piece_size()
     if pieces != vocab_size:
         raise ValueError(
             f"tokenizer {path} has {pieces} pieces but {binding} = {vocab_size}; set {binding} = {pieces} "

@@ -1,13 +1,16 @@
-"""Bad input: each defect is dropped and counted per stream and reason, or stops a strict run naming the example."""
+"""Bad input: each defect is dropped and counted per stream and reason, or stops a strict run naming the example;
+out-of-range audio is scaled and clipped audio kept, both counted and logged."""
 
+import collections
 import json
+import re
 
 import numpy as np
 import pytest
 import sentencepiece
 import soundfile
 
-from maestro_jax.data import batcher, preprocessors, tasks, tokenizer
+from maestro_jax.data import audio_files, batcher, preprocessors, tasks, tokenizer
 
 SENTENCES = ["the cat sat on the mat", "a dog ran in the park", "we like green tea"]
 MAX_SAMPLES, MAX_TOKENS = 4000, 32
@@ -142,3 +145,29 @@ def test_strict_error_surfaces_through_the_prefetch_thread(vocabulary_and_rows):
     with batcher.MultiStreamBatcher(spec, seed=0, strict=True, prefetch=2) as run:
         with pytest.raises(ValueError, match="'silent' in bad_silent:train has 0 samples"):
             next(run)
+
+
+def test_stream_scales_out_of_range_audio_keeps_clipped_audio_and_counts_both(
+    vocabulary_and_rows, tmp_path, monkeypatch, caplog
+):
+    tone = 0.5 * np.sin(2 * np.pi * 440 * np.arange(1600) / 16000).astype(np.float32)
+    soundfile.write(tmp_path / "loud.wav", 3 * tone, 16000, subtype="FLOAT")  # peak 1.5: a float wav holds it
+    clipped = np.round(np.clip(4 * tone, -1, 32767 / 32768) * 32768).astype(np.int16)
+    soundfile.write(tmp_path / "clipped.wav", clipped, 16000)
+    rows = [{"id": name, "audio": f"{name}.wav", "text": SENTENCES[0]} for name in ("loud", "clipped")]
+    write_manifest(tmp_path / "levels.jsonl", rows)
+    tasks.register_audio_files_task("bad_levels", tmp_path / "levels.jsonl", vocabulary_and_rows)
+    monkeypatch.setattr(preprocessors, "_level_counts", collections.Counter())  # count this test's reads only
+    run = batcher.MultiStreamBatcher({"paired": paired_spec("bad_levels", 2)}, seed=0)
+    batch = next(run)["paired"]
+    run.close()
+    assert batch["waveform_length"].tolist() == [1600, 1600]  # both used, none dropped
+    # Batches carry no ids; the clipped row is the one that sits near full scale most of the time.
+    loud, kept = sorted(batch["waveform"][:, :1600], key=lambda w: np.mean(np.abs(w) > 0.99))
+    np.testing.assert_allclose(loud, 2 * tone, rtol=1e-5, atol=1e-7)  # peak 1.5 scaled to 1, not clipped
+    np.testing.assert_array_equal(kept, clipped / np.float32(32768))  # clipped audio is kept as is
+    counts = preprocessors.audio_level_counts()
+    assert counts[audio_files.OUT_OF_RANGE_AUDIO] >= 1 and counts[audio_files.CLIPPED_AUDIO] >= 1
+    assert run.filter_stats.as_dict() == {}
+    assert re.search(r"out_of_range_audio: audio file '.*loud\.wav' \(utterance 'loud'\) peaks at 1\.5 ", caplog.text)
+    assert re.search(r"clipped_audio: audio file '.*clipped\.wav' \(utterance 'clipped'\) is clipped: ", caplog.text)
