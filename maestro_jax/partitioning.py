@@ -79,7 +79,9 @@ def devices_per_slice(devices: Sequence[jax.Device]) -> dict[int, int]:
 
 @functools.cache
 def _warn_plain_reshape(platform: str) -> None:
-    log.warning(
+    # Info on CPU, where there is no interconnect to follow (every CPU run would warn); a warning elsewhere.
+    log.log(
+        logging.INFO if platform == "cpu" else logging.WARNING,
         "%s devices have no physical topology (no device.coords): the mesh is a plain reshape of the devices in "
         "their order, with no torus to follow.",
         platform,

@@ -154,9 +154,10 @@ def test_tpu_devices_off_the_torus_stop_instead_of_a_plain_reshape():
         partitioning.device_grid(devices=[FakeTPUDevice(i) for i in range(3)])
 
 
-def test_devices_without_a_topology_are_reshaped_in_order_with_a_warning(caplog):
+def test_devices_without_a_topology_are_reshaped_in_order_and_logged(caplog):
     partitioning._warn_plain_reshape.cache_clear()
-    with caplog.at_level("WARNING", logger=partitioning.__name__):
+    with caplog.at_level("INFO", logger=partitioning.__name__):
         mesh = partitioning.make_mesh(data=2, fsdp=4)
     assert list(mesh.devices.flat) == jax.devices()
     assert "cpu devices have no physical topology" in caplog.text and "plain reshape" in caplog.text
+    assert [record.levelname for record in caplog.records if "plain reshape" in record.message] == ["INFO"]
