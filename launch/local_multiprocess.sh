@@ -5,7 +5,8 @@
 # SIGTERM or SIGINT (Ctrl-C) goes to every process; SIGTERM makes each save at the same step and exit
 # PREEMPTION_EXIT_CODE, which this script then exits with; a second signal kills them all. When one process dies
 # (any other non-zero exit) the rest are killed at once (they would hang on their dead peer) and this script exits
-# with the dead one's status.
+# with the dead one's status. Bash cannot trap a signal that was ignored when it started: started with `&` from a
+# script (no job control), this launcher ignores SIGINT; SIGTERM still works.
 set -euo pipefail
 N=${1:?usage: $0 NUM_PROCESSES --gin_file=... [--gin.X=Y ...]}
 shift
@@ -63,6 +64,11 @@ while ((${#live[@]} > 0)); do
     fi
   done
   live=("${still[@]}")
-  ((${#live[@]} == 0)) || sleep 0.1
+  # A background sleep and the wait builtin, not a foreground sleep: a trapped signal interrupts `wait` and runs its
+  # trap at once, where bash would run it only after a foreground command ended.
+  if ((${#live[@]} > 0)); then
+    sleep 0.1 &
+    wait $! 2>/dev/null || true
+  fi
 done
 exit "$status"

@@ -53,7 +53,22 @@ def start(log_dir, num_processes, *flags):
     stand_in.chmod(0o755)
     env = {**os.environ, "PYTHON": str(stand_in)}
     args = ["bash", LAUNCHER, str(num_processes), f"--log_dir={log_dir}", *flags]
-    return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True)
+    # The launcher starts with SIGINT and SIGTERM at their defaults, as from a terminal: bash cannot trap a signal
+    # that was ignored when it started, and a library in this test process may ignore SIGINT (the full suite saw the
+    # launcher never forward a SIGINT and its processes run to the end).
+    return subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True, preexec_fn=default_signals)
+
+
+def default_signals():
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+def ignored_signals() -> set[int]:
+    """Signals this process ignores (SigIgn of /proc/self/status), for failure messages."""
+    with open("/proc/self/status") as f:
+        mask = int(next(line for line in f if line.startswith("SigIgn:")).split()[1], 16)
+    return {signum for signum in range(1, 65) if mask >> (signum - 1) & 1}
 
 
 def logs(log_dir, num_processes, *, wait_for="pid", timeout_s=120):
@@ -81,7 +96,8 @@ def test_a_signal_to_the_launcher_reaches_every_process(log_dir, signum, expecte
     launcher = start(log_dir, 3)
     started = logs(log_dir, 3)
     launcher.send_signal(signum)
-    assert launcher.wait(timeout=120) == expected_status, launcher.stderr.read()
+    status = launcher.wait(timeout=120)
+    assert status == expected_status, (launcher.stderr.read(), f"this process ignores signals {ignored_signals()}")
     assert [rows[1:] for rows in logs(log_dir, 3, wait_for="signal")] == [[f"signal {int(signum)}"]] * 3
     assert_gone(started)
 

@@ -22,6 +22,7 @@ import gin
 import jax
 import pytest
 import trainer_toy as toy
+from etils.epath import gpath
 from test_evaluation import write_tiny_checkpoints
 
 from maestro_jax import checkpoints, evaluation, export, metrics, partitioning, paths, train, trainer
@@ -58,6 +59,9 @@ def bucket():
         with pytest.MonkeyPatch.context() as patch:
             patch.setenv("STORAGE_EMULATOR_HOST", url)
             patch.setenv("EPATH_USE_TF", "false")
+            # epath reads EPATH_USE_TF once per process (functools.cache): an earlier gs:// call in this pytest worker
+            # has picked TensorFlow's client, which cannot reach the emulator (seen in the full suite).
+            gpath._is_tf_installed.cache_clear()
             # Off: gcsfs's bucket-type probe is a gRPC call to the real Storage Control API (60 s timeout here).
             patch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
             patch.setenv("TENSORSTORE_GCS_HTTP_URL", url)
@@ -72,6 +76,7 @@ def bucket():
             filesystem.mkdir(BUCKET)
             yield filesystem
     finally:
+        gpath._is_tf_installed.cache_clear()  # later tests get epath's default backend again
         server.terminate()
         server.wait()
 
