@@ -11,8 +11,30 @@ from maestro_jax.layers.subsampling import make_subsampling
 from maestro_jax.models.config import ModelConfig
 
 
+def prepare_features(
+    cfg: ModelConfig, features: jax.Array, feature_length: jax.Array, *, spec_augment_rng: jax.Array | None
+) -> tuple[jax.Array, jax.Array]:
+    """What the speech tower does to log-mel f32[B, T0, M] before subsampling: lengths clipped to T0, per-utterance
+    normalisation (cfg.normalize_features) and SpecAugment with `spec_augment_rng` (None: none, as at evaluation).
+    No parameters: bench/train_step.py times it on its own."""
+    feature_length = jnp.minimum(feature_length, features.shape[1]).astype(jnp.int32)
+    if cfg.normalize_features:
+        features = frontend.normalize_features(features, feature_length)
+    if spec_augment_rng is not None:
+        features = frontend.spec_augment(
+            spec_augment_rng,
+            features,
+            feature_length,
+            num_freq_masks=cfg.spec_augment_freq_masks,
+            max_freq_width=cfg.spec_augment_max_freq_width,
+            num_time_masks=cfg.spec_augment_time_masks,
+            max_time_ratio=cfg.spec_augment_max_time_ratio,
+        )
+    return features, feature_length
+
+
 class SpeechTower(nn.Module):
-    """log-mel f32[B, T0, M] -> (normalise) -> SpecAugment when train -> subsampling -> Conformer stack.
+    """log-mel f32[B, T0, M] -> `prepare_features` (normalise; SpecAugment when train) -> subsampling -> Conformer.
 
     Returns (e_s f32[B, T, D], frame_length i32[B]) with T = T0 // subsampling_factor; 0 at padded frames.
     SpecAugment draws from the "dropout" rng stream.
@@ -28,19 +50,8 @@ class SpeechTower(nn.Module):
                 f"speech tower expects {cfg.num_mel_bins} mel bins; got features of shape {features.shape}. "
                 "Set ModelConfig.num_mel_bins to match the frontend."
             )
-        feature_length = jnp.minimum(feature_length, features.shape[1]).astype(jnp.int32)
-        if cfg.normalize_features:
-            features = frontend.normalize_features(features, feature_length)
-        if train and cfg.spec_augment:
-            features = frontend.spec_augment(
-                self.make_rng("dropout"),
-                features,
-                feature_length,
-                num_freq_masks=cfg.spec_augment_freq_masks,
-                max_freq_width=cfg.spec_augment_max_freq_width,
-                num_time_masks=cfg.spec_augment_time_masks,
-                max_time_ratio=cfg.spec_augment_max_time_ratio,
-            )
+        rng = self.make_rng("dropout") if train and cfg.spec_augment else None
+        features, feature_length = prepare_features(cfg, features, feature_length, spec_augment_rng=rng)
         x, length = make_subsampling(
             cfg.subsampling,
             cfg.model_dim,

@@ -67,25 +67,51 @@ def consistency_terms(
     chunk_size: int,
 ) -> Terms:
     """L_cons tying speech-tower frames to token-rate text-tower vectors (see the module docstring)."""
+    weights = consistency_alignment(
+        model, variables, stream, encoding, consistency=consistency, aligner=aligner, chunk_size=chunk_size
+    )
+    return consistency_given_alignment(
+        model, variables, stream, encoding.e_s, weights, rng, consistency=consistency, distance=distance
+    )
+
+
+def consistency_alignment(
+    model, variables, stream, encoding: PairedEncoding, *, consistency: str, aligner: str, chunk_size: int
+) -> jax.Array:
+    """What L_cons weighs frames by (stop-gradient): "soft", arc posteriors f32[B, T, U] zeroed at padded tokens;
+    "hard", the emitting frame i32[B, U] of each token on the best path."""
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_s, frame_length = encoding.e_s, encoding.frame_length
+    if consistency == "soft":
+        log_probs = lattice_log_probs(model, variables, encoding, tokens, chunk_size=chunk_size)
+        posteriors = rnnt_arc_posteriors(log_probs, tokens, jnp.maximum(encoding.frame_length, 1), token_length)
+        return jax.lax.stop_gradient(posteriors) * frame_mask(token_length, tokens.shape[1])[:, None, :]
+    if consistency == "hard":
+        return best_path_emit_frames(model, variables, aligner, encoding, tokens, token_length, chunk_size=chunk_size)
+    raise ValueError(f"unknown consistency {consistency!r}; set astra.consistency to 'soft' or 'hard'.")
+
+
+def consistency_given_alignment(
+    model, variables, stream, e_s, weights, rng, *, consistency: str, distance: str
+) -> Terms:
+    """`consistency_terms` after the alignment: the text tower and the (soft or hard) distance to e_s f32[B, T, D]."""
+    tokens, token_length = stream["tokens"], stream["token_length"]
     e_t, _ = bound(model, variables, rng).encode_text(tokens, token_length, train=True)
     token_mask = frame_mask(token_length, tokens.shape[1])
     if consistency == "soft":
-        log_probs = lattice_log_probs(model, variables, encoding, tokens, chunk_size=chunk_size)
-        posteriors = rnnt_arc_posteriors(log_probs, tokens, jnp.maximum(frame_length, 1), token_length)
-        posteriors = jax.lax.stop_gradient(posteriors) * token_mask[:, None, :]
-        expected = jnp.sum(posteriors * vector_distance(e_s[:, :, None, :], e_t[:, None, :, :], distance))
+        expected = jnp.sum(weights * vector_distance(e_s[:, :, None, :], e_t[:, None, :, :], distance))
         loss = batch_mean(expected, jnp.sum(token_mask))
-    elif consistency == "hard":
-        emit_frames = best_path_emit_frames(
-            model, variables, aligner, encoding, tokens, token_length, chunk_size=chunk_size
-        )
-        reduced = reduce_to_token_rate(e_s, emit_frames, token_length)
-        loss = masked_mean(vector_distance(reduced, e_t, distance), token_mask)
     else:
-        raise ValueError(f"unknown consistency {consistency!r}; set astra.consistency to 'soft' or 'hard'.")
+        reduced = reduce_to_token_rate(e_s, weights, token_length)
+        loss = masked_mean(vector_distance(reduced, e_t, distance), token_mask)
     return Terms(loss, {"consistency_loss": loss})
+
+
+def masked_token_rate_text(model, variables, stream, rngs, *, mask_prob: float, mask_span: int) -> jax.Array:
+    """The text-only stream up to the shared tower: text tower (rngs[0]) -> span mask (rngs[1]) -> f32[B, U, D]."""
+    tokens, token_length = stream["tokens"], stream["token_length"]
+    e_t, _ = bound(model, variables, rngs[0]).encode_text(tokens, token_length, train=True)
+    masked = span_mask(rngs[1], token_length, tokens.shape[1], mask_prob=mask_prob, span=mask_span)
+    return jnp.where(masked[..., None], 0.0, e_t)
 
 
 def token_rate_text_terms(
@@ -102,9 +128,9 @@ def token_rate_text_terms(
     """L_text: unspoken text -> text tower (token rate) -> span mask -> shared tower -> RNN-T."""
     rng_text, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 4)
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_t, _ = bound(model, variables, rng_text).encode_text(tokens, token_length, train=True)
-    masked = span_mask(rng_mask, token_length, tokens.shape[1], mask_prob=mask_prob, span=mask_span)
-    e_t = jnp.where(masked[..., None], 0.0, e_t)
+    e_t = masked_token_rate_text(
+        model, variables, stream, (rng_text, rng_mask), mask_prob=mask_prob, mask_span=mask_span
+    )
     h, _ = bound(model, variables, rng_shared).shared_encode(e_t, token_length, train=True)
     nll, valid, _, _ = transducer_nll(
         model, variables, h, token_length, tokens, token_length, rng=rng_pred, step=step, loss=loss

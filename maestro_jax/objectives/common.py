@@ -128,6 +128,27 @@ def transducer_nll(
     """
     enc_proj = bound(model, variables).rnnt_encoder_proj(h)
     pred_proj = bound(model, variables, rng).rnnt_predict(tokens, token_length, train=rng is not None)
+    nll, valid, parts = joint_nll(
+        model, variables, enc_proj, pred_proj, h_length, tokens, token_length, step=step, loss=loss
+    )
+    out = (nll, valid, enc_proj, pred_proj)
+    return (*out, parts) if return_parts else out
+
+
+def joint_nll(
+    model,
+    variables,
+    enc_proj,
+    pred_proj,
+    h_length,
+    tokens,
+    token_length,
+    *,
+    step=None,
+    loss: TransducerLoss | None = None,
+):
+    """The joint network and transducer loss of `transducer_nll` on given projections enc_proj f32[B, T, J] and
+    pred_proj f32[B, U+1, J]: (nll f32[B], valid bool[B], parts) with nll 0 at invalid examples, parts as there."""
     valid = (h_length > 0) & (token_length > 0)
     loss = TransducerLoss() if loss is None else loss
     joint_params = model.joint_params(variables["params"])
@@ -148,8 +169,7 @@ def transducer_nll(
             label_lengths,
             chunk_size=loss.chunk_size,
         )
-    out = (jnp.where(valid, nll, 0.0), valid, enc_proj, pred_proj)
-    return (*out, parts) if return_parts else out
+    return jnp.where(valid, nll, 0.0), valid, parts
 
 
 def per_token(nll: jax.Array, valid: jax.Array, token_length: jax.Array) -> jax.Array:
@@ -255,6 +275,22 @@ def supervised_speech_terms(
     return Terms(total, metrics, PairedEncoding(e_s, h, frame_length, enc_proj, pred_proj))
 
 
+def bestrq_inputs(model, variables, stream, rngs, masking: BestRQMasking):
+    """BEST-RQ's inputs and targets from waveforms (no parameters): log-mel, codebook labels, span mask (rngs[0]) and
+    noise (rngs[1]) in the masked spans. Returns (inputs f32[B, T0, 80], feature_length, labels i32[B, T],
+    label_length, masked bool[B, T])."""
+    features, feature_length = frontend.log_mel_spectrogram(stream["waveform"], stream["waveform_length"])
+    labels, label_length = bound(model, variables).bestrq_targets(features, feature_length)
+    frames = labels.shape[1]
+    masked = span_mask(rngs[0], label_length, frames, mask_prob=masking.mask_prob, span=masking.mask_span)
+    masked_input = jnp.repeat(masked, model.config.subsampling_factor, axis=1)
+    masked_input = jnp.pad(masked_input, ((0, 0), (0, features.shape[1] - masked_input.shape[1])))
+    normalized = frontend.normalize_features(features, feature_length)
+    noise = masking.noise_std * jax.random.normal(rngs[1], normalized.shape, normalized.dtype)
+    inputs = jnp.where(masked_input[..., None], noise, normalized)
+    return inputs, feature_length, labels, label_length, masked
+
+
 def bestrq_terms(model, variables, stream, rng, masking: BestRQMasking | None = None) -> Terms:
     """BEST-RQ masked prediction on untranscribed speech (Chiu et al. 2022).
 
@@ -265,17 +301,17 @@ def bestrq_terms(model, variables, stream, rng, masking: BestRQMasking | None = 
     """
     masking = BestRQMasking() if masking is None else masking
     rng_mask, rng_noise, rng_speech, rng_shared = jax.random.split(rng, 4)
-    features, feature_length = frontend.log_mel_spectrogram(stream["waveform"], stream["waveform_length"])
-    labels, label_length = bound(model, variables).bestrq_targets(features, feature_length)
-    frames = labels.shape[1]
-    masked = span_mask(rng_mask, label_length, frames, mask_prob=masking.mask_prob, span=masking.mask_span)
-    masked_input = jnp.repeat(masked, model.config.subsampling_factor, axis=1)
-    masked_input = jnp.pad(masked_input, ((0, 0), (0, features.shape[1] - masked_input.shape[1])))
-    normalized = frontend.normalize_features(features, feature_length)
-    noise = masking.noise_std * jax.random.normal(rng_noise, normalized.shape, normalized.dtype)
-    inputs = jnp.where(masked_input[..., None], noise, normalized)
+    inputs, feature_length, labels, label_length, masked = bestrq_inputs(
+        model, variables, stream, (rng_mask, rng_noise), masking
+    )
     e_s, frame_length = bound(model, variables, rng_speech).encode_speech_features(inputs, feature_length, train=True)
     h, _ = bound(model, variables, rng_shared).shared_encode(e_s, frame_length, train=True)
+    return bestrq_head_terms(model, variables, h, frame_length, labels, label_length, masked)
+
+
+def bestrq_head_terms(model, variables, h, frame_length, labels, label_length, masked) -> Terms:
+    """`bestrq_terms` after the shared tower h f32[B, T, D]: codebook logits and cross-entropy at masked frames."""
+    frames = labels.shape[1]
     logits = bound(model, variables).bestrq_logits(h).astype(jnp.float32)
     usable = min(logits.shape[1], frames)
     logits, labels, masked = logits[:, :usable], labels[:, :usable], masked[:, :usable]

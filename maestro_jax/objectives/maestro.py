@@ -45,6 +45,14 @@ from maestro_jax.objectives.reductions import batch_mean, batch_total
 from maestro_jax.objectives.transducer import TransducerLoss
 
 
+def paired_durations(model, variables, stream, encoding: PairedEncoding, *, aligner: str, chunk_size: int):
+    """d i32[B, U]: encoder frames per token on the current model's best path (stop-gradient; see the docstring)."""
+    emit_frames = best_path_emit_frames(
+        model, variables, aligner, encoding, stream["tokens"], stream["token_length"], chunk_size=chunk_size
+    )
+    return durations_from_emit_frames(emit_frames, encoding.frame_length, stream["token_length"])
+
+
 def modality_matching_terms(
     model,
     variables,
@@ -58,13 +66,26 @@ def modality_matching_terms(
     duration_weight: float,
 ) -> Terms:
     """matching_weight * L_mm + duration_weight * L_dur on a paired stream given the speech terms' encoding."""
+    durations = paired_durations(model, variables, stream, encoding, aligner=aligner, chunk_size=chunk_size)
+    return matching_terms_given_durations(
+        model,
+        variables,
+        stream,
+        encoding.e_s,
+        encoding.frame_length,
+        durations,
+        rng,
+        matching_weight=matching_weight,
+        duration_weight=duration_weight,
+    )
+
+
+def matching_terms_given_durations(
+    model, variables, stream, e_s, frame_length, durations, rng, *, matching_weight: float, duration_weight: float
+) -> Terms:
+    """`modality_matching_terms` after the alignment: text tower, duration loss, resampler, refiner, L_mm."""
     rng_text, rng_duration, rng_refine = jax.random.split(rng, 3)
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_s, frame_length = encoding.e_s, encoding.frame_length
-    emit_frames = best_path_emit_frames(
-        model, variables, aligner, encoding, tokens, token_length, chunk_size=chunk_size
-    )
-    durations = durations_from_emit_frames(emit_frames, frame_length, token_length)
     e_t, _ = bound(model, variables, rng_text).encode_text(tokens, token_length, train=True)
     predicted = bound(model, variables, rng_duration).predict_durations(e_t, token_length, train=True)
     token_mask = frame_mask(token_length, tokens.shape[1])
@@ -84,6 +105,25 @@ def modality_matching_terms(
     return Terms(matching_weight * matching_loss + duration_weight * duration_loss, metrics)
 
 
+def unspoken_text_frames(model, variables, stream, rngs, *, max_frames: int, mask_prob: float, mask_span: int):
+    """The text-only stream up to the shared tower: text tower -> predicted durations -> resample -> refine -> mask.
+
+    rngs: keys for the text tower, refiner and span mask. Returns (z f32[B, max_frames, D], frame_length i32[B],
+    durations i32[B, U])."""
+    rng_text, rng_refine, rng_mask = rngs
+    tokens, token_length = stream["tokens"], stream["token_length"]
+    e_t, _ = bound(model, variables, rng_text).encode_text(tokens, token_length, train=True)
+    predicted = bound(model, variables).predict_durations(e_t, token_length, train=False)
+    durations = jnp.maximum(jnp.round(jax.lax.stop_gradient(predicted)), 1.0).astype(jnp.int32)
+    durations = jnp.where(frame_mask(token_length, tokens.shape[1]), durations, 0)
+    upsampled, frame_length = bound(model, variables, rng_refine).upsample_text(
+        e_t, durations, token_length, max_frames=max_frames, train=True
+    )
+    masked = span_mask(rng_mask, frame_length, max_frames, mask_prob=mask_prob, span=mask_span)
+    upsampled = jnp.where(masked[..., None], 0.0, upsampled)
+    return upsampled, frame_length, durations
+
+
 def text_injection_terms(
     model,
     variables,
@@ -99,15 +139,15 @@ def text_injection_terms(
     """L_text: unspoken text -> predicted durations -> resample -> refine -> mask -> shared -> RNN-T."""
     rng_text, rng_refine, rng_mask, rng_shared, rng_pred = jax.random.split(rng, 5)
     tokens, token_length = stream["tokens"], stream["token_length"]
-    e_t, _ = bound(model, variables, rng_text).encode_text(tokens, token_length, train=True)
-    predicted = bound(model, variables).predict_durations(e_t, token_length, train=False)
-    durations = jnp.maximum(jnp.round(jax.lax.stop_gradient(predicted)), 1.0).astype(jnp.int32)
-    durations = jnp.where(frame_mask(token_length, tokens.shape[1]), durations, 0)
-    upsampled, frame_length = bound(model, variables, rng_refine).upsample_text(
-        e_t, durations, token_length, max_frames=max_frames, train=True
+    upsampled, frame_length, durations = unspoken_text_frames(
+        model,
+        variables,
+        stream,
+        (rng_text, rng_refine, rng_mask),
+        max_frames=max_frames,
+        mask_prob=mask_prob,
+        mask_span=mask_span,
     )
-    masked = span_mask(rng_mask, frame_length, max_frames, mask_prob=mask_prob, span=mask_span)
-    upsampled = jnp.where(masked[..., None], 0.0, upsampled)
     h, _ = bound(model, variables, rng_shared).shared_encode(upsampled, frame_length, train=True)
     nll, valid, _, _ = transducer_nll(
         model, variables, h, frame_length, tokens, token_length, rng=rng_pred, step=step, loss=loss
