@@ -125,18 +125,21 @@ def make_batch(a, generator):
     return waveform, waveform_length, tokens, token_length
 
 
-def time_steps(model, batch, a, *, rnnt: bool) -> tuple[list[float], float]:
-    """Seconds of each timed train step (after 2 warm-up steps) and the first step's loss per token."""
+def time_steps(model, batch, a, *, rnnt: bool) -> tuple[list[float], float, dict]:
+    """Seconds of each timed train step (after 2 warm-up steps), the first step's loss per token and, for RNN-T, its
+    transducer part alone ({"rnnt_only_loss_per_token"})."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1.5e-3, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.01)
     waveform, waveform_length, tokens, token_length = batch
     num_tokens = float(token_length.sum())
-    times, first_loss = [], None
+    times, first_loss, parts = [], None, {}
     for i in range(a.repeats + 2):
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         h, frames = model.encode(waveform, waveform_length)
         if rnnt:
             loss = model.rnnt_loss(h, frames, tokens, token_length)
+            if first_loss is None:
+                parts["rnnt_only_loss_per_token"] = float(loss.detach()) / num_tokens
             if a.ctc_weight > 0:
                 loss = loss + a.ctc_weight * model.ctc_loss(h, frames, tokens, token_length)
         else:
@@ -146,10 +149,10 @@ def time_steps(model, batch, a, *, rnnt: bool) -> tuple[list[float], float]:
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         if first_loss is None:
-            first_loss = float(loss)
+            first_loss = float(loss.detach())
         if i >= 2:
             times.append(time.perf_counter() - start)
-    return times, first_loss
+    return times, first_loss, parts
 
 
 def main(argv=None) -> int:
@@ -183,7 +186,8 @@ def main(argv=None) -> int:
     for name, rnnt in (("rnnt", True), ("ctc", False)):
         torch.manual_seed(0)
         model = PeerModel(a).train()
-        times, loss = time_steps(model, batch, a, rnnt=rnnt)
+        times, loss, parts = time_steps(model, batch, a, rnnt=rnnt)
+        figures.update(parts)
         figures[f"{name}_step_seconds"] = statistics.median(times)
         figures[f"{name}_step_min_seconds"] = min(times)
         figures[f"{name}_loss_per_token"] = loss
