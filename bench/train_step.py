@@ -187,7 +187,8 @@ def profile_paired_speech(p: Profiler, model, stream, key, *, ctc_weight: float,
 
     def features_fn(_, waveform, waveform_length, rng):
         features, length = frontend.log_mel_spectrogram(waveform, waveform_length)
-        return prepare_features(cfg, features, length, spec_augment_rng=rng)
+        # As the speech tower: SpecAugment only where the recipe turns it on.
+        return prepare_features(cfg, features, length, spec_augment_rng=rng if cfg.spec_augment else None)
 
     features, feature_length = p.forward(
         "frontend: log-mel + normalise + SpecAugment",
