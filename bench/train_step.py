@@ -593,7 +593,8 @@ def torch_peer_arguments(model, shapes: dict, lengths: dict, repeats: int) -> li
 
 
 def compare_torch(python: str, model, objective, figures: dict, repeats: int) -> dict:
-    """Runs bench/torch_peer_step.py under `python` (a torch side venv) on this run's paired shapes and lengths and
+    """Runs bench/torch_peer_step.py under `python` (a torch side venv) on this run's padded paired shapes, with the
+    lengths of the first `synthetic_batches` batch of those shapes (the padded shapes set both steps' cost), and
     returns its figures with the ratios to the JAX step (the profile's compiled step, else 1 / steps_per_second)."""
     if getattr(objective, "__name__", "") != "supervised":
         raise ValueError("--compare-torch compares the supervised recipe (the PyTorch peer trains RNN-T + CTC).")
