@@ -1,7 +1,8 @@
 """The toy paper table: does text injection help words never heard in paired speech? And does SONAR retrieve?
 
     .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--branch_step 2000] [--steps 2000]
-        [--jobs 4] [--systems supervised,maestro,astra,sonar] [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
+        [--jobs 4] [--systems supervised,maestro,astra,sonar] [--decoder rnnt_beam] [--beam_size 8]
+        [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
 
 Protocol: a supervised trunk (paired speech only, gin/experiments/toy_supervised.gin at the peak learning rate)
 trains to `--branch_step`, where it already listens; every system then branches from the trunk's params
@@ -9,7 +10,9 @@ trains to `--branch_step`, where it already listens; every system then branches 
 schedule (gin/experiments/toy_*.gin, which share gin/runs/toy_table.gin): paired-only supervised RNN-T (the control),
 MAESTRO and ASTRA (both adding the unspoken-text and untranscribed-speech streams). Each is scored for WER/CER on
 test_in_vocab and test_text_only_vocab (every utterance of the latter holds words that occur only in text_train) plus
-the recall of those text-only words. SONAR trains stage 1 (text auto-encoder on text_train, from scratch) and stage 2
+the recall of those text-only words, decoded with `--decoder` (RNN-T beam search of 8 by default: the prediction
+network is where text injection puts what it learnt of spelling, and greedy decoding commits to each piece before
+it can weigh the word). SONAR trains stage 1 (text auto-encoder on text_train, from scratch) and stage 2
 (the trunk's speech and shared towers + a fresh pooler on paired_train) and scores speech->text retrieval error on
 both test splits. `--branch_step 0` trains every system from scratch instead. WORKDIR/dev_wer.png plots dev WER
 against step for the trunk and every branch.
@@ -30,6 +33,7 @@ import time
 
 from maestro_jax.data import corpus_layout
 from maestro_jax.gin_utils import gin_bindings
+from maestro_jax.inference import DECODERS
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPLITS = corpus_layout.TEST_SPLITS
@@ -92,7 +96,15 @@ def text_only_word_recall(rows: list[dict], text_only_words: set[str]) -> dict[s
 
 
 def run_stage(
-    stage: str, workdir: str, steps: int, branch_step: int, gin_files: list[str], bindings: list[str]
+    stage: str,
+    workdir: str,
+    steps: int,
+    branch_step: int,
+    gin_files: list[str],
+    bindings: list[str],
+    *,
+    decoder: str = "rnnt_beam",
+    beam_size: int = 8,
 ) -> dict:
     """Trains one stage to `steps` (resuming) and evaluates it; returns and writes its result.json."""
     from maestro_jax import checkpoints, evaluation, train
@@ -117,8 +129,15 @@ def run_stage(
     if stage in SPEECH_SYSTEMS:
         hypotheses = os.path.join(model_dir, "hypotheses.jsonl")
         result["metrics"] = evaluation.evaluate(
-            model_dir=model_dir, splits=SPLITS, out=hypotheses, checkpoint_step=steps, progress=False
+            model_dir=model_dir,
+            splits=SPLITS,
+            decoder=decoder,
+            beam_size=beam_size,
+            out=hypotheses,
+            checkpoint_step=steps,
+            progress=False,
         )
+        result["decoder"] = decoder if decoder != "rnnt_beam" else f"rnnt_beam {beam_size}"
         with open(hypotheses) as f:
             rows = [row for row in map(json.loads, f) if row["source"] == "test_text_only_vocab"]
         normalized = [{k: evaluation.normalize_transcript(row[k]) for k in ("reference", "hypothesis")} for row in rows]
@@ -169,7 +188,8 @@ def core_sets(jobs: int) -> list[set[int]]:
 def stage_command(stage: str, args: argparse.Namespace, passthrough: list[str]) -> list[str]:
     steps = {"sonar_text": args.sonar_text_steps, TRUNK: args.branch_step}.get(stage, args.steps)
     command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--workdir", args.workdir]
-    return command + ["--steps", str(steps), "--branch_step", str(args.branch_step), *passthrough]
+    command += ["--steps", str(steps), "--branch_step", str(args.branch_step)]
+    return command + ["--decoder", args.decoder, "--beam_size", str(args.beam_size), *passthrough]
 
 
 def run_chains(chains: list[list[str]], jobs: int, args: argparse.Namespace, passthrough: list[str]) -> None:
@@ -286,9 +306,9 @@ def plot_dev_wer(workdir: str, results: dict[str, dict], out: str) -> None:
 def format_table(results: dict[str, dict]) -> str:
     """Markdown: WER per test split, text-only-word recall and relative WER change vs paired-only; SONAR rows."""
     lines = [
-        "| system | steps | train min | test_in_vocab WER % | test_text_only_vocab WER % | text-only words recalled % "
-        "| text_only_vocab WER vs paired-only |",
-        "|---|---|---|---|---|---|---|",
+        "| system | steps | decoder | train min | test_in_vocab WER % | test_text_only_vocab WER % "
+        "| text-only words recalled % | text_only_vocab WER vs paired-only |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     baseline = results.get("supervised", {}).get("metrics", {}).get("test_text_only_vocab", {}).get("wer")
     for system in SPEECH_SYSTEMS:
@@ -299,7 +319,8 @@ def format_table(results: dict[str, dict]) -> str:
         wer = {split: result["metrics"][split]["wer"] for split in SPLITS}
         change = f"{100 * (wer[SPLITS[1]] / baseline - 1):+.1f} %" if baseline and system != "supervised" else ""
         lines.append(
-            f"| {system} | {steps} | {seconds / 60:.1f} | {100 * wer[SPLITS[0]]:.2f} | "
+            f"| {system} | {steps} | {result.get('decoder', 'rnnt_greedy')} | {seconds / 60:.1f} | "
+            f"{100 * wer[SPLITS[0]]:.2f} | "
             f"{100 * wer[SPLITS[1]]:.2f} | {100 * result['text_only_words']['recall']:.1f} | {change} |"
         )
     if "sonar_speech" in results:
@@ -327,6 +348,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--jobs", type=int, default=len(CHAINS), help="chains run at once (each pinned to its CPU share)"
     )
     parser.add_argument("--systems", default=",".join(CHAINS), help=f"comma-separated subset of {list(CHAINS)}")
+    parser.add_argument("--decoder", default="rnnt_beam", choices=DECODERS, help="how test splits are transcribed")
+    parser.add_argument("--beam_size", type=int, default=8, help="hypotheses kept by rnnt_beam")
     parser.add_argument("--gin_file", action="append", default=[], help="extra gin file for every stage")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     args, rest = parser.parse_known_args(argv)
@@ -343,7 +366,16 @@ def main(argv: list[str] | None = None) -> int:
     args, bindings = parse_args(argv)
     if args.stage:
         os.chdir(REPO)
-        run_stage(args.stage, args.workdir, args.steps, args.branch_step, args.gin_file, bindings)
+        run_stage(
+            args.stage,
+            args.workdir,
+            args.steps,
+            args.branch_step,
+            args.gin_file,
+            bindings,
+            decoder=args.decoder,
+            beam_size=args.beam_size,
+        )
         return 0
     os.makedirs(args.workdir, exist_ok=True)
     passthrough = [f"--gin_file={f}" for f in args.gin_file] + [a for a in argv if a.startswith("--gin.")]

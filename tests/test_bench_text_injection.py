@@ -38,6 +38,7 @@ def test_table_reports_relative_change_against_paired_only():
             "train_seconds": 60.0,
             "metrics": {"test_in_vocab": {"wer": in_vocab}, "test_text_only_vocab": {"wer": text_only}},
             "text_only_words": {"recall": recall},
+            "decoder": "rnnt_beam 8",
         }
 
     results = {
@@ -51,8 +52,8 @@ def test_table_reports_relative_change_against_paired_only():
         },
     }
     table = text_injection.format_table(results)
-    assert "| maestro | 10 | 1.0 | 20.00 | 30.00 | 50.0 | -25.0 % |" in table
-    assert "| supervised | 10 | 1.0 | 20.00 | 40.00 | 10.0 |  |" in table
+    assert "| maestro | 10 | rnnt_beam 8 | 1.0 | 20.00 | 30.00 | 50.0 | -25.0 % |" in table
+    assert "| supervised | 10 | rnnt_beam 8 | 1.0 | 20.00 | 40.00 | 10.0 |  |" in table
     assert "| SONAR | 5 / 10 | 2.0 | test_in_vocab 2.0 % / test_text_only_vocab 10.0 % |" in table
 
 
@@ -76,7 +77,7 @@ def test_branches_count_the_trunk_in_steps_time_and_dev_wer_curve(tmp_path):
             "text_only_words": {"recall": 0.5},
         },
     }
-    assert "| maestro | 10 + 10 | 3.0 | 10.00 | 20.00 | 50.0 |  |" in text_injection.format_table(results)
+    assert "| maestro | 10 + 10 | rnnt_greedy | 3.0 | 10.00 | 20.00 | 50.0 |  |" in text_injection.format_table(results)
     curves = text_injection.dev_wer_curves(str(tmp_path), results)
     # The branch's curve starts at the trunk's last point and stops at the step it is scored at.
     assert curves == {
@@ -119,6 +120,8 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         "2",
         "--systems",
         "supervised,sonar",
+        "--beam_size",
+        "2",
         "--gin_file=gin/models/tiny.gin",
         "--gin_file=gin/models/sonar_text_tiny.gin",
         "--gin.CORPUS_SIZE='tiny'",
@@ -138,6 +141,7 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         log = (tmp_path / f"{stage}.log").read_text()
         assert f"warm start from {tmp_path / 'trunk' / 'checkpoints'} step 2" in log, log[-2000:]
     assert "branch_step" not in results["sonar_text"]
+    assert results["supervised"]["decoder"] == "rnnt_beam 2"
     # The results are those of the stage's own run directory: its metrics.jsonl, hypotheses and checkpoint.
     supervised = results["supervised"]
     model_dir = str(tmp_path / "supervised")
