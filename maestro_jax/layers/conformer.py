@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maestro_jax.layers.common import Dense, Dtype, LayerNorm, constrain, masked_fill
+from maestro_jax.layers.common import Dense, Dtype, LayerNorm, constrain, depthwise_conv_1d, masked_fill
 from maestro_jax.layers.transformer import FeedForward, TransformerBlock, self_attention_branch
 
 REMAT_POLICIES = {
@@ -71,6 +71,27 @@ def _channel_mask(mask: jax.Array | None, y: jax.Array) -> jax.Array | None:
     return None if mask is None else jnp.broadcast_to(mask[..., None], y.shape)
 
 
+class DepthwiseConv(nn.Module):
+    """Centred depthwise conv over time plus bias, x [B, T, D] -> [B, T, D] (`depthwise_conv_1d`). Its params are
+    those of flax's nn.Conv(D, (K,), feature_group_count=D), kernel [K, 1, D] and bias [D], with the same init, so
+    checkpoints of either load into the other."""
+
+    kernel_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dim = x.shape[-1]
+        kernel = self.param(
+            "kernel",
+            nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv", None, "mlp")),
+            (self.kernel_size, 1, dim),
+            jnp.float32,
+        )
+        bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)), (dim,))
+        return depthwise_conv_1d(x.astype(self.dtype), kernel[:, 0]) + bias.astype(self.dtype)
+
+
 class ConvolutionModule(nn.Module):
     """Conformer convolution module on x [B, T, D] with mask [B, T]; returns the residual branch [B, T, D]."""
 
@@ -91,17 +112,7 @@ class ConvolutionModule(nn.Module):
         y = nn.glu(y, axis=-1)
         if self.isolate_padding:
             y = masked_fill(y, mask)  # padded frames must not leak into valid ones through the kernel
-        y = nn.Conv(
-            dim,
-            (self.kernel_size,),
-            padding="SAME",
-            feature_group_count=dim,
-            dtype=self.dtype,
-            param_dtype=jnp.float32,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv", None, "mlp")),
-            bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-            name="depthwise",
-        )(y)
+        y = DepthwiseConv(self.kernel_size, dtype=self.dtype, name="depthwise")(y)
         norm_mask = mask if self.isolate_padding else None
         y = _channel_norm(self.norm, self.num_groups, train, self.dtype, "conv_norm")(y, norm_mask)
         y = nn.swish(y)

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from maestro_jax.layers.common import Dense, Dtype, LayerNorm, constrain, masked_fill
+from maestro_jax.layers.common import Dense, Dtype, LayerNorm, constrain, depthwise_conv_1d, masked_fill
 from maestro_jax.layers.transformer import FeedForward
 
 
@@ -35,14 +35,7 @@ class LightweightConv(nn.Module):
         )
         weights = jnp.repeat(jax.nn.softmax(kernel, axis=0), dim // self.num_heads, axis=1)  # [K, D]
         x = masked_fill(x, mask).astype(self.dtype)
-        return jax.lax.conv_general_dilated(
-            x,
-            weights[:, None, :].astype(self.dtype),
-            window_strides=(1,),
-            padding=[((self.kernel_size - 1) // 2, (self.kernel_size - 1) // 2)],
-            dimension_numbers=("NWC", "WIO", "NWC"),
-            feature_group_count=dim,
-        )
+        return depthwise_conv_1d(x, weights)
 
 
 class LightConvBlock(nn.Module):
