@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from layers_reference import as_numpy, conformer_block, randomized_params
 
-from maestro_jax.layers.common import frame_mask
-from maestro_jax.layers.conformer import ConformerBlock, ConformerStack
+from maestro_jax.layers.common import depthwise_conv_1d, frame_mask
+from maestro_jax.layers.conformer import ConformerBlock, ConformerStack, DepthwiseConv
 
 B, T, D, H, F, K = 2, 6, 16, 2, 32, 3
 LENGTH = jnp.array([T, 4])
@@ -105,3 +105,46 @@ def test_bfloat16_compute_keeps_float32_params(stack_reference):
     low, high = run(jnp.bfloat16), run(jnp.float32)
     assert low.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(low, np.float32), high, atol=0.1)
+
+
+def test_depthwise_conv_matches_brute_force_and_grouped_conv_gradients():
+    x = jax.random.normal(jax.random.key(0), (2, 9, 6))
+    kernel = jax.random.normal(jax.random.key(1), (5, 6))
+    xs, ks = np.asarray(x, np.float64), np.asarray(kernel, np.float64)
+    expected = np.zeros_like(xs)
+    for t in range(9):
+        for k in range(5):
+            if 0 <= t + k - 2 < 9:
+                expected[:, t] += ks[k] * xs[:, t + k - 2]
+    np.testing.assert_allclose(depthwise_conv_1d(x, kernel), expected, rtol=1e-5, atol=1e-5)
+
+    def grouped(x, kernel):  # the formulation it replaces
+        return jax.lax.conv_general_dilated(
+            x, kernel[:, None], (1,), [(2, 2)], dimension_numbers=("NWC", "WIO", "NWC"), feature_group_count=6
+        )
+
+    weights = jax.random.normal(jax.random.key(2), (2, 9, 6))
+
+    def grads(conv):
+        return jax.grad(lambda x, k: jnp.sum(weights * conv(x, k)), argnums=(0, 1))(x, kernel)
+
+    for ours, reference in zip(grads(depthwise_conv_1d), grads(grouped)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="odd kernel"):
+        depthwise_conv_1d(x, kernel[:4])
+
+
+def test_depthwise_conv_params_and_init_are_flax_grouped_convs():
+    # Checkpoints written before DepthwiseConv (an nn.Conv with feature_group_count) load unchanged.
+    x = jax.random.normal(jax.random.key(0), (2, 7, 8))
+    ours = DepthwiseConv(3).init(jax.random.key(3), x)
+    flax_conv = nn.Conv(8, (3,), padding="SAME", feature_group_count=8).init(jax.random.key(3), x)
+    ours, flax_conv = nn.unbox(ours), nn.unbox(flax_conv)
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, flax_conv)
+    np.testing.assert_array_equal(ours["params"]["kernel"], flax_conv["params"]["kernel"])
+    np.testing.assert_allclose(
+        DepthwiseConv(3).apply(ours, x),
+        nn.Conv(8, (3,), padding="SAME", feature_group_count=8).apply(flax_conv, x),
+        rtol=1e-5,
+        atol=1e-6,
+    )
