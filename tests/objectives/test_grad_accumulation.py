@@ -88,10 +88,12 @@ def test_accumulated_step_equals_whole_batch_step(name, num_microbatches):
     whole_params, whole_metrics = one_step(name, 1)
     params, metrics = one_step(name, num_microbatches)
     assert np.isfinite(whole_metrics["grad_norm"]) and whole_metrics["grad_norm"] > 1.0
-    # To 1e-6 of the largest update (float32 sums over the microbatches differ from the whole batch's in order).
+    # To 1e-5 of the largest update: float32 sums over the microbatches differ from the whole batch's in order, which
+    # measured up to 1.2e-6 of it (M = 4, before and after the depthwise conv became shifted multiply-adds), while a
+    # microbatch weighted wrongly moves gradients by percents.
     largest = max(float(np.abs(new - old).max()) for new, old in zip(*map(jax.tree.leaves, (whole_params, initial))))
     for (path, want), got in zip(jax.tree_util.tree_leaves_with_path(whole_params), jax.tree.leaves(params)):
-        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * largest, err_msg=jax.tree_util.keystr(path))
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-5 * largest, err_msg=jax.tree_util.keystr(path))
     assert set(metrics) == set(whole_metrics)
     for key, want in whole_metrics.items():
         np.testing.assert_allclose(metrics[key], want, rtol=1e-5, atol=1e-6, err_msg=key)
