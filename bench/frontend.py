@@ -4,25 +4,13 @@ Usage: python bench/frontend.py [--batch 8] [--seconds 15] [--repeats 20]
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from maestro_jax import frontend
+from maestro_jax import frontend, metrics
 from maestro_jax.audio_constants import SAMPLE_RATE_HZ
-
-
-def _time_per_call(fn, *args, repeats: int) -> float:
-    """Median wall-clock seconds of one call after a compile-and-warm-up call."""
-    jax.block_until_ready(fn(*args))
-    durations = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        durations.append(time.perf_counter() - start)
-    return float(np.median(durations))
 
 
 def main() -> None:
@@ -43,10 +31,10 @@ def main() -> None:
         lambda key, x, n: frontend.spec_augment(key, *frontend.log_mel_spectrogram(x, n)[:2]),
     )
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), B={args.batch}, {args.seconds:g} s each")
-    seconds = _time_per_call(log_mel, waveform, waveform_length, repeats=args.repeats)
+    seconds = metrics.median_call_seconds(log_mel, waveform, waveform_length, repeats=args.repeats)
     print(f"log-mel:               {seconds * 1e3:8.2f} ms/call  {audio_seconds / seconds:12.0f} s audio/s")
     key = jax.random.key(0)
-    seconds = _time_per_call(augmented, key, waveform, waveform_length, repeats=args.repeats)
+    seconds = metrics.median_call_seconds(augmented, key, waveform, waveform_length, repeats=args.repeats)
     print(f"log-mel + SpecAugment: {seconds * 1e3:8.2f} ms/call  {audio_seconds / seconds:12.0f} s audio/s")
 
 

@@ -7,12 +7,11 @@ The toy recipe's batch: 8 utterances of 4.5 s (450 log-mel frames of 80 bins), 6
 """
 
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
+from maestro_jax import metrics
 from maestro_jax.layers.subsampling import ConvSubsampling
 
 DIMENSIONS = ("NHWC", "HWIO", "NHWC")
@@ -20,13 +19,7 @@ PADDING = ((1, 0), (1, 1))  # as ConvSubsampling: time padded one frame on the l
 
 
 def median_ms(fn, *args, repeats: int) -> float:
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
+    return 1e3 * metrics.median_call_seconds(fn, *args, repeats=repeats)
 
 
 def strided(h, kernel):

@@ -135,12 +135,7 @@ class Profiler:
         compiled = jitted.lower(*args).compile()
         cost = compiled.cost_analysis()
         cost = (cost[0] if cost else {}) if isinstance(cost, list | tuple) else (cost or {})
-        out = jax.block_until_ready(compiled(*args))  # warm-up
-        times = []
-        for _ in range(self.repeats):
-            start = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            times.append(time.perf_counter() - start)
+        times, out = metrics_lib.call_seconds(compiled, *args, repeats=self.repeats)
         self.rows.append(Row(name, float(np.median(times)), min(times), float(cost.get("flops", 0.0)), encoder))
         return out
 

@@ -45,17 +45,27 @@ def log_to_stderr() -> None:
     package_logger.propagate = False
 
 
-def measure_cpu_matmul_peak(size: int = 512, repeats: int = 5) -> float:
-    """FLOP/s of a jitted f32 [size, size] matmul on this CPU device (best of `repeats`)."""
-    x = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda a: a @ a)
-    matmul(x).block_until_ready()
-    best = float("inf")
+def call_seconds(fn, *args, repeats: int) -> tuple[list[float], object]:
+    """(wall seconds of each of `repeats` calls fn(*args), the warm-up call's output): one untimed call first, so a
+    jitted fn's compile is not timed; every call waits for its result (jax.block_until_ready)."""
+    out = jax.block_until_ready(fn(*args))
+    seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        matmul(x).block_until_ready()
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * size**3 / best
+        jax.block_until_ready(fn(*args))
+        seconds.append(time.perf_counter() - start)
+    return seconds, out
+
+
+def median_call_seconds(fn, *args, repeats: int) -> float:
+    """Median wall seconds of one call of fn(*args) over `repeats` (call_seconds)."""
+    return float(np.median(call_seconds(fn, *args, repeats=repeats)[0]))
+
+
+def measure_cpu_matmul_peak(size: int = 512, repeats: int = 5) -> float:
+    """FLOP/s of a jitted f32 [size, size] matmul on this CPU device (best of `repeats`)."""
+    seconds, _ = call_seconds(jax.jit(lambda a: a @ a), jnp.ones((size, size), jnp.float32), repeats=repeats)
+    return 2.0 * size**3 / min(seconds)
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> tuple[float, str]:

@@ -1,4 +1,5 @@
-"""loss_curves.png: which metrics become curves, and that both panels are drawn from a metrics.jsonl."""
+"""loss_curves.png: which metrics become curves, and that both panels are drawn from a metrics.jsonl; the timing
+helper the benchmarks share."""
 
 import json
 
@@ -20,3 +21,17 @@ def test_curves_are_every_loss_term_and_eval_error_rates(tmp_path):
     metrics.plot_loss_curves(str(path), str(png))
     height, width, _ = matplotlib.image.imread(png).shape
     assert width > 2 * height  # two panels side by side
+
+
+def test_call_seconds_times_every_call_but_the_warm_up():
+    calls = []
+
+    def fn(x):
+        calls.append(x)
+        return x + 1
+
+    seconds, out = metrics.call_seconds(fn, 2, repeats=3)
+    assert out == 3 and calls == [2, 2, 2, 2]  # one warm-up, three timed
+    assert len(seconds) == 3 and all(s >= 0 for s in seconds)
+    calls.clear()
+    assert metrics.median_call_seconds(fn, 5, repeats=4) >= 0 and calls == [5] * 5

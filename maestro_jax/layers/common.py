@@ -129,7 +129,7 @@ def depthwise_conv_1d(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
     Written as K shifted multiply-adds, which XLA fuses into one loop, rather than a convolution with
     feature_group_count=D: on XLA:CPU the grouped convolution's forward + backward takes 3.8x as long at the toy
-    Conformer's [8, 113, 144] with K 15 (bench/conformer_block.py), and the tap count is small enough to unroll.
+    Conformer's [8, 113, 144] with K 15 (bench/depthwise_conv.py), and the tap count is small enough to unroll.
     """
     taps = kernel.shape[0]
     if taps % 2 == 0:
