@@ -29,6 +29,7 @@ from maestro_jax.data.tokenizer import load_processor
 from maestro_jax.inference import (
     DECODERS,
     apply_operative_config,
+    checked_tokenizer,
     load_model_dir,
     make_transcriber,
     tokenizer_of_config,
@@ -276,7 +277,7 @@ def evaluate(
         restored = load_model_dir(model_dir, checkpoint_step=checkpoint_step, use_ema=use_ema)
         transcribe = make_transcriber(restored.model, decoder=decoder, beam_size=beam_size)
         variables = restored.variables
-        tokenizer_path = tokenizer_of_config()
+        tokenizer_path = checked_tokenizer(restored.model)
     else:
         if decoder != "rnnt_greedy":
             raise ValueError(f"an export transcribes with rnnt_greedy only, not {decoder!r}; evaluate --model_dir.")

@@ -151,7 +151,7 @@ def export_model_dir(
         out_dir,
         restored.model,
         variables,
-        tokenizer_path=tokenizer_path or inference.tokenizer_of_config(),
+        tokenizer_path=inference.checked_tokenizer(restored.model, tokenizer_path),
         config_text=restored.config_text,
         steps=steps,
         **export_options,

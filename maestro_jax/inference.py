@@ -132,6 +132,19 @@ def load_model_dir(
     return RestoredModel(model=make_model(), variables=variables, step=step, config_text=config_text)
 
 
+def checked_tokenizer(model, tokenizer_path: str | None = None) -> str:
+    """`tokenizer_path` (default: `tokenizer_of_config()`) once its piece count equals `model`'s vocab_size: a model
+    decoded with another tokenizer would print wrong words without any error (e.g. a 64-piece run scored with the
+    256-piece corpus's tokenizer)."""
+    from maestro_jax.data import tokenizer
+
+    path = tokenizer_path or tokenizer_of_config()
+    config = getattr(model, "config", model)
+    if hasattr(config, "vocab_size"):
+        tokenizer.check_vocab_size(path, config.vocab_size, f"{type(config).__name__}.vocab_size")
+    return path
+
+
 def tokenizer_of_config() -> str:
     """The sentencepiece model the current gin config trains with: the `tokenizer_path` of its data entry point
     (`train.make_data` = manifest_streams or librispeech_streams), else that of the synthetic corpus it names."""

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from maestro_jax import checkpoints
+from maestro_jax import checkpoints, paths
 from maestro_jax.models.sonar_text import PAD_ID, UNK_ID, teacher_forcing_pair
 from maestro_jax.objectives.common import bound, masked_mean
 from maestro_jax.objectives.reductions import batch_total
@@ -151,6 +151,39 @@ def teacher_sentence_embedding(teacher_model, variables: dict, features: dict) -
     return jax.lax.stop_gradient(embedding.astype(jnp.float32))
 
 
+def contrastive_loss(
+    student: jax.Array,
+    teacher: jax.Array,
+    valid: jax.Array,
+    negatives: jax.Array | None = None,
+    negatives_valid: jax.Array | None = None,
+    *,
+    temperature: float,
+) -> jax.Array:
+    """Per-example InfoNCE f32[B] of speech->text retrieval (0 where not `valid`).
+
+    student f32[B, E] and teacher f32[B, E] are row-aligned; negatives f32[N, E] (with bool[N] validity) are further
+    text embeddings. Row b's candidates are every valid teacher row and negative; its loss is -log softmax over them of
+    cosine(student_b, candidate) / temperature at its own teacher row. A candidate other than row b itself that holds
+    row b's sentence (cosine to teacher_b above 1 - 1e-5: the same transcript twice) is not counted as a negative.
+    The candidates are one (micro)batch's: under gradient accumulation each microbatch contrasts with its own rows.
+    """
+    candidates, candidates_valid = teacher, valid
+    if negatives is not None:
+        candidates = jnp.concatenate([teacher, negatives.astype(teacher.dtype)], axis=0)
+        candidates_valid = jnp.concatenate([valid, negatives_valid], axis=0)
+    candidates = _l2_normalize(candidates)
+    logits = _l2_normalize(student) @ candidates.T / temperature  # [B, B + N]
+    own = jnp.arange(student.shape[0])
+    is_own = own[:, None] == jnp.arange(candidates.shape[0])[None, :]
+    duplicate = (_l2_normalize(teacher) @ candidates.T > 1.0 - 1e-5) & ~is_own
+    logits = jnp.where(candidates_valid[None, :] & ~duplicate, logits, -jnp.inf)
+    # A padding row scores finite zeros: its all--inf softmax would put NaN into the gradient through the where below.
+    logits = jnp.where(valid[:, None], logits, 0.0)
+    per_example = jax.nn.logsumexp(logits, axis=1) - logits[own, own]
+    return jnp.where(valid, per_example, 0.0)
+
+
 @gin.configurable
 def sonar_speech(
     model,
@@ -162,6 +195,9 @@ def sonar_speech(
     teacher_model=None,
     loss: str = "mse",
     stream: str = "paired",
+    contrastive_weight: float = 0.0,
+    contrastive_temperature: float = 0.05,
+    negatives_stream: str | None = None,
     train: bool = True,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Stage-2 loss: pooled speech embedding regresses the frozen stage-1 text embedding of the transcript.
@@ -171,11 +207,23 @@ def sonar_speech(
     `teacher_model` (a SonarTextModel) with variables["teacher"]). `loss`: "mse" (mean over E) or "cosine"
     (1 - cosine similarity); examples with waveform_length 0 are padding and are ignored. `train`: SpecAugment and
     dropout on (rng feeds them). `step` is unused.
-    Metrics: loss, cosine_similarity, retrieval_accuracy (in-batch nearest teacher by cosine is the right one).
+    `contrastive_weight` > 0 adds that weight times `contrastive_loss` (InfoNCE at `contrastive_temperature`) over
+    the batch's teacher embeddings plus, with `negatives_stream` (e.g. "text"), the teacher embeddings of that
+    stream's sentences. Not in the SONAR paper, whose students regress the embedding alone on millions of pairs: with
+    a few thousand pairs the regression leaves the embedding too coarse to pick one sentence of a few hundred
+    (BENCHMARKS.md, "SONAR with a contrastive term").
+    Metrics: loss, cosine_similarity, retrieval_accuracy (in-batch nearest teacher by cosine is the right one), and
+    distill_loss / contrastive_loss when the contrastive term is on.
     """
     del step
     if loss not in ("mse", "cosine"):
         raise ValueError(f"sonar_speech.loss must be 'mse' or 'cosine', got {loss!r}.")
+    for name in {stream, negatives_stream if contrastive_weight else None} - {None}:
+        if name not in batch:
+            raise KeyError(
+                f"sonar_speech reads batch[{name!r}] but the batch has streams {sorted(batch)}; set "
+                "sonar_speech.stream / sonar_speech.negatives_stream or add that stream to STREAMS."
+            )
     features = batch[stream]
     student_variables = {name: value for name, value in variables.items() if name != TEACHER_COLLECTION}
     speech_rng, pool_rng = jax.random.split(rng) if train else (None, None)
@@ -198,6 +246,18 @@ def sonar_speech(
         "cosine_similarity": masked_mean(cosine, valid),
         "retrieval_accuracy": masked_mean(in_batch_retrieval_hits(student, teacher, valid), valid),
     }
+    if contrastive_weight:
+        negatives = negatives_valid = None
+        if negatives_stream is not None:
+            text = batch[negatives_stream]
+            negatives = teacher_sentence_embedding(teacher_model, variables, text)
+            negatives_valid = text["token_length"] > 0
+        contrastive = contrastive_loss(
+            student, teacher, valid, negatives, negatives_valid, temperature=contrastive_temperature
+        )
+        metrics["distill_loss"] = metrics["loss"]
+        metrics["contrastive_loss"] = masked_mean(contrastive, valid)
+        metrics["loss"] = metrics["distill_loss"] + contrastive_weight * metrics["contrastive_loss"]
     return metrics["loss"], metrics
 
 
@@ -209,18 +269,19 @@ def load_sonar_teacher(checkpoint: str, *, step: int | None = None, item: str = 
     pytree checkpoint (e.g. a params-only export). Returns the restored TrainState's "params" ("ema_params" when
     `use_ema`), or the whole tree when it has no such entry.
     """
-    if not os.path.isdir(checkpoint):
+    if not paths.as_path(checkpoint).is_dir():
         raise FileNotFoundError(
             f"SONAR teacher checkpoint {checkpoint!r} is not a directory; point "
             "init_teacher_from_checkpoint.checkpoint at the stage-1 model_dir or an export."
         )
-    directory = checkpoint
-    if os.path.isdir(os.path.join(directory, "checkpoints")):
+    # os.path.join, not epath's "/": it keeps a gs:// URL as text (maestro_jax.paths); is_dir works for both.
+    directory = paths.resolve(checkpoint)
+    if paths.as_path(os.path.join(directory, "checkpoints")).is_dir():
         directory = os.path.join(directory, "checkpoints")
     if checkpoints.checkpoint_steps(directory):
         step = checkpoints.find_step(directory, step, step_option="init_teacher_from_checkpoint.step")
         directory = os.path.join(directory, str(step))
-    if os.path.isdir(os.path.join(directory, item)):
+    if paths.as_path(os.path.join(directory, item)).is_dir():
         directory = os.path.join(directory, item)
     # Host NumPy restore: the teacher may come from a mesh this process does not have.
     tree = checkpoints.restore_pytree(directory)

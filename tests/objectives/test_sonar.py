@@ -1,5 +1,7 @@
 """SONAR objectives, teacher loading and evaluation helpers, checked against NumPy references and invariants."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -12,6 +14,7 @@ from maestro_jax.models.sonar_text import EOS_ID, SonarTextModel, teacher_forcin
 from maestro_jax.objectives.sonar import (
     add_teacher,
     add_text_noise,
+    contrastive_loss,
     load_sonar_teacher,
     sonar_speech,
     sonar_text,
@@ -285,6 +288,80 @@ def test_sonar_speech_loss_and_metrics_match_numpy(speech_setup, loss):
     np.testing.assert_allclose(metrics["cosine_similarity"], cosine.mean(), rtol=1e-5)
     hits = [np.argmax([np.dot(s[i], t[j]) / np.linalg.norm(t[j]) for j in range(len(t))]) == i for i in range(len(s))]
     np.testing.assert_allclose(metrics["retrieval_accuracy"], np.mean(hits), rtol=1e-6)
+
+
+def _numpy_infonce(s, t, valid, negatives, negatives_valid, temperature):
+    """Brute-force loop: row b's -log softmax at its own teacher row over valid, non-duplicate candidates."""
+    unit = lambda x: np.asarray(x, np.float64) / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    candidates = np.concatenate([t, negatives])
+    candidates_valid = np.concatenate([valid, negatives_valid])
+    losses = []
+    for b in range(len(s)):
+        if not valid[b]:
+            losses.append(0.0)
+            continue
+        kept = [
+            j for j in range(len(candidates))
+            if candidates_valid[j] and (j == b or np.dot(unit(t[b]), unit(candidates[j])) <= 1 - 1e-5)
+        ]  # fmt: skip
+        scores = np.array([np.dot(unit(s[b]), unit(candidates[j])) / temperature for j in kept])
+        own = scores[kept.index(b)]
+        losses.append(np.log(np.sum(np.exp(scores - scores.max()))) + scores.max() - own)
+    return np.array(losses)
+
+
+def test_contrastive_loss_matches_brute_force_with_duplicates_and_padding():
+    rng = np.random.default_rng(12)
+    student, teacher, negatives = (rng.normal(size=shape).astype(np.float32) for shape in ((6, 5), (6, 5), (4, 5)))
+    teacher[3] = teacher[1]  # the same transcript twice in the batch
+    negatives[2] = 2.0 * teacher[0]  # a text-stream sentence equal to a paired one (scale does not matter)
+    valid = np.array([True, True, True, True, True, False])
+    negatives_valid = np.array([True, False, True, True])
+    loss_fn = jax.jit(functools.partial(contrastive_loss, temperature=0.1))
+    value = loss_fn(student, teacher, valid, negatives, negatives_valid)
+    expected = _numpy_infonce(student, teacher, valid, negatives, negatives_valid, 0.1)
+    np.testing.assert_allclose(value, expected, rtol=1e-5, atol=1e-6)
+    assert value[5] == 0
+    # Without negatives: the batch alone; the padding row's -inf candidates leave the gradient finite.
+    no_negatives = _numpy_infonce(student, teacher, valid, np.zeros((0, 5)), np.zeros(0, bool), 0.1)
+    np.testing.assert_allclose(loss_fn(student, teacher, valid), no_negatives, rtol=1e-5, atol=1e-6)
+    grads = jax.grad(lambda s: jnp.sum(loss_fn(s, teacher, valid, negatives, negatives_valid)))(student)
+    assert np.all(np.isfinite(grads)) and np.all(grads[5] == 0) and np.abs(grads[:5]).max() > 0
+
+
+def test_sonar_speech_contrastive_term_adds_weighted_infonce_over_the_text_stream(speech_setup):
+    student, variables, batch = speech_setup
+    # Two new sentences, one that a paired row holds (the duplicate rule must drop it) and a padding row.
+    text_tokens, text_lengths = _pack([[4, 4, 12], SENTENCES[2], [9, 3, 15, 6], []])
+    batch = {**batch, "text": {"tokens": text_tokens, "token_length": text_lengths}}
+
+    def objective(v, weight):
+        return sonar_speech(
+            student, v, batch, jax.random.key(7), 0, teacher_model=TEXT_MODEL, loss="cosine",
+            contrastive_weight=weight, contrastive_temperature=0.1, negatives_stream="text",
+        )  # fmt: skip
+
+    plain_loss, _ = jax.jit(functools.partial(objective, weight=0.0))(variables)
+    value, metrics = jax.jit(functools.partial(objective, weight=0.5))(variables)
+    np.testing.assert_allclose(metrics["distill_loss"], plain_loss, rtol=1e-6)
+    np.testing.assert_allclose(value, plain_loss + 0.5 * metrics["contrastive_loss"], rtol=1e-6)
+
+    paired, text = batch["paired"], batch["text"]
+    hidden, frames = student.apply(
+        variables, paired["waveform"], paired["waveform_length"], train=False, method="encode_speech"
+    )
+    s = np.asarray(student.apply(variables, hidden, frames, method="pool"))
+    t = np.asarray(_text_embedding(variables["teacher"], TOKENS, LENGTHS))
+    n = np.asarray(_text_embedding(variables["teacher"], text["tokens"], text["token_length"]))
+    valid = paired["waveform_length"] > 0
+    expected = _numpy_infonce(s, t, valid, n, text["token_length"] > 0, 0.1)
+    np.testing.assert_allclose(metrics["contrastive_loss"], expected[valid].mean(), rtol=1e-4)
+
+    grads = jax.jit(jax.grad(lambda v: objective(v, 0.5)[0]))(variables)
+    assert all(np.all(g == 0) for g in jax.tree.leaves(grads["teacher"]))
+    with pytest.raises(KeyError, match="negatives_stream"):
+        sonar_speech(student, variables, _paired_batch(), jax.random.key(7), 0, teacher_model=TEXT_MODEL,
+                     contrastive_weight=1.0, negatives_stream="text")  # fmt: skip
 
 
 def _pooled_speech(model, waveform, waveform_length):
