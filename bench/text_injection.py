@@ -1,7 +1,8 @@
 """The toy paper table: does text injection help words never heard in paired speech? And does SONAR retrieve?
 
     .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--branch_step 2000] [--steps 2000]
-        [--jobs 4] [--systems supervised,maestro,astra,sonar] [--decoder rnnt_beam] [--beam_size 8]
+        [--sonar_text_steps 2000] [--sonar_speech_steps 4000] [--jobs 4] [--systems supervised,maestro,astra,sonar]
+        [--decoder rnnt_beam] [--beam_size 8]
         [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
 
 Protocol: a supervised trunk (paired speech only, gin/experiments/toy_supervised.gin at the peak learning rate)
@@ -186,7 +187,11 @@ def core_sets(jobs: int) -> list[set[int]]:
 
 
 def stage_command(stage: str, args: argparse.Namespace, passthrough: list[str]) -> list[str]:
-    steps = {"sonar_text": args.sonar_text_steps, TRUNK: args.branch_step}.get(stage, args.steps)
+    steps = {
+        "sonar_text": args.sonar_text_steps,
+        "sonar_speech": args.sonar_speech_steps or args.steps,
+        TRUNK: args.branch_step,
+    }.get(stage, args.steps)
     command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--workdir", args.workdir]
     command += ["--steps", str(steps), "--branch_step", str(args.branch_step)]
     return command + ["--decoder", args.decoder, "--beam_size", str(args.beam_size), *passthrough]
@@ -344,6 +349,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--branch_step", type=int, default=2000, help="trunk steps every branch starts from (0: none)")
     parser.add_argument("--steps", type=int, default=2000, help="train steps of every speech stage after the trunk")
     parser.add_argument("--sonar_text_steps", type=int, default=2000, help="train steps of SONAR stage 1")
+    # Stage 2 with its contrastive term still gains at 4,000 steps (BENCHMARKS.md, "SONAR with a contrastive term").
+    parser.add_argument(
+        "--sonar_speech_steps", type=int, default=4000, help="train steps of SONAR stage 2 (0: --steps)"
+    )
     parser.add_argument(
         "--jobs", type=int, default=len(CHAINS), help="chains run at once (each pinned to its CPU share)"
     )

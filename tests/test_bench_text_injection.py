@@ -118,6 +118,8 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         "2",
         "--sonar_text_steps",
         "2",
+        "--sonar_speech_steps",
+        "3",
         "--systems",
         "supervised,sonar",
         "--beam_size",
@@ -140,6 +142,7 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         assert results[stage]["branch_step"] == 2
         log = (tmp_path / f"{stage}.log").read_text()
         assert f"warm start from {tmp_path / 'trunk' / 'checkpoints'} step 2" in log, log[-2000:]
+    assert results["supervised"]["steps"] == 2 and results["sonar_speech"]["steps"] == 3
     assert "branch_step" not in results["sonar_text"]
     assert results["supervised"]["decoder"] == "rnnt_beam 2"
     # The results are those of the stage's own run directory: its metrics.jsonl, hypotheses and checkpoint.
@@ -163,7 +166,7 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
     assert recall["num_words"] > 0 and supervised["text_only_words"] == recall
     try:
         rescored = evaluation.retrieval_errors(
-            model_dir=str(tmp_path / "sonar_speech"), splits=["test_in_vocab"], checkpoint_step=2, progress=False
+            model_dir=str(tmp_path / "sonar_speech"), splits=["test_in_vocab"], checkpoint_step=3, progress=False
         )
     finally:
         with gin.unlock_config():

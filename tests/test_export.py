@@ -94,7 +94,9 @@ def test_a_tokenizer_of_another_size_stops_the_export(exported, tmp_path):
     from maestro_jax.data import tokenizer
 
     other = tokenizer.train_sentencepiece(
-        ["the cat sat on the mat", "a dog ran far", "we sing and they dance"] * 5, tmp_path / "other.model", vocab_size=20
+        ["the cat sat on the mat", "a dog ran far", "we sing and they dance"] * 5,
+        tmp_path / "other.model",
+        vocab_size=20,
     )
     with pytest.raises(ValueError, match=rf"tokenizer {other} has 20 pieces but ModelConfig.vocab_size = \d+"):
         export.export_model_dir(exported[0], str(tmp_path / "export"), tokenizer_path=str(other))

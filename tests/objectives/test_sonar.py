@@ -292,7 +292,7 @@ def test_sonar_speech_loss_and_metrics_match_numpy(speech_setup, loss):
 
 def _numpy_infonce(s, t, valid, negatives, negatives_valid, temperature):
     """Brute-force loop: row b's -log softmax at its own teacher row over valid, non-duplicate candidates."""
-    unit = lambda x: np.asarray(x, np.float64) / np.linalg.norm(x, axis=-1, keepdims=True)  # noqa: E731
+    unit = lambda x: np.asarray(x, np.float64) / np.linalg.norm(x, axis=-1, keepdims=True)
     candidates = np.concatenate([t, negatives])
     candidates_valid = np.concatenate([valid, negatives_valid])
     losses = []
