@@ -139,9 +139,7 @@ def checked_tokenizer(model, tokenizer_path: str | None = None) -> str:
     from maestro_jax.data import tokenizer
 
     path = tokenizer_path or tokenizer_of_config()
-    config = getattr(model, "config", model)
-    if hasattr(config, "vocab_size"):
-        tokenizer.check_vocab_size(path, config.vocab_size, f"{type(config).__name__}.vocab_size")
+    tokenizer.check_model_vocab_size(path, model)
     return path
 
 

@@ -290,12 +290,9 @@ def train(
 
 def _check_vocab_size(model: nn.Module, data) -> None:
     """Stops before anything compiles when a stream's tokenizer (data with `tokenizer_files`, e.g. MultiStreamBatcher)
-    has another size than the model's vocab_size (`model.config.vocab_size` or `model.vocab_size`)."""
-    config = getattr(model, "config", model)
-    if not hasattr(config, "vocab_size"):
-        return
+    has another size than the model's vocab_size (tokenizer.check_model_vocab_size)."""
     for path in dict.fromkeys(getattr(data, "tokenizer_files", {}).values()):
-        tokenizer.check_vocab_size(path, config.vocab_size, f"{type(config).__name__}.vocab_size")
+        tokenizer.check_model_vocab_size(path, model)
 
 
 def _close_data(data) -> None:

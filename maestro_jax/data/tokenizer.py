@@ -196,6 +196,14 @@ def check_vocab_size(path: str | Path, vocab_size: int, binding: str) -> None:
         )
 
 
+def check_model_vocab_size(path: str | Path, model) -> None:
+    """`check_vocab_size` against `model`'s vocab_size (`model.config.vocab_size` or `model.vocab_size`); a model
+    without one (e.g. a speech-only student) is not checked."""
+    config = getattr(model, "config", model)
+    if hasattr(config, "vocab_size"):
+        check_vocab_size(path, config.vocab_size, f"{type(config).__name__}.vocab_size")
+
+
 def make_vocabulary(path: str | Path):
     """seqio.SentencePieceVocabulary for the model at `path` (pad 0, eos 1, unk 2, no extra ids)."""
     # seqio pulls in TensorFlow; imported here so that training the model does not.

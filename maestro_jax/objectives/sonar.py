@@ -176,7 +176,7 @@ def contrastive_loss(
     logits = _l2_normalize(student) @ candidates.T / temperature  # [B, B + N]
     own = jnp.arange(student.shape[0])
     is_own = own[:, None] == jnp.arange(candidates.shape[0])[None, :]
-    duplicate = (_l2_normalize(teacher) @ candidates.T > 1.0 - 1e-5) & ~is_own
+    duplicate = (candidates[: teacher.shape[0]] @ candidates.T > 1.0 - 1e-5) & ~is_own  # the first B rows: teacher
     logits = jnp.where(candidates_valid[None, :] & ~duplicate, logits, -jnp.inf)
     # A padding row scores finite zeros: its all--inf softmax would put NaN into the gradient through the where below.
     logits = jnp.where(valid[:, None], logits, 0.0)
