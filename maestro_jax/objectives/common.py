@@ -84,6 +84,8 @@ class TextInjection:
     bestrq_masking: its masking; None = `BestRQMasking()` as bound in gin (shared with the bestrq objective).
     ctc_weight: auxiliary CTC on the paired stream's shared-tower output, relative to the paired RNN-T term
       (rnnt_weight * (L_rnnt + ctc_weight L_ctc)); > 0 also trains the CTC head that aligner="ctc" reads.
+    internal_lm_weight: weight of `internal_lm_terms` on the unspoken-text stream, switched on with the text terms
+      (L_text above then includes it; 0: not computed).
     The transducer loss and its chunk size are `TransducerLoss`'s, as for every objective.
     """
 
@@ -92,6 +94,7 @@ class TextInjection:
     bestrq_weight: float = 1.0
     bestrq_masking: BestRQMasking | None = None
     ctc_weight: float = 0.0
+    internal_lm_weight: float = 0.0
 
 
 def masked_mean(values: jax.Array, mask: jax.Array) -> jax.Array:
@@ -224,6 +227,26 @@ def best_path_emit_frames(
     raise ValueError(f"unknown aligner {aligner!r}; set it to 'rnnt' or 'ctc' in the objective's gin file.")
 
 
+def internal_lm_terms(model, variables, stream, rng=None) -> Terms:
+    """The transducer's internal language model trained on a text stream (ILM adaptation, Meng et al., ICASSP 2022).
+
+    The joint fed with the prediction network alone (no encoder contribution) is the RNN-T's internal LM
+    (Meng et al., SLT 2021): logits_u = joint(pred_proj_u), u = 0..U-1, and over the labels without blank
+        L_ilm = -mean over valid tokens of log softmax_{v > 0}(logits_u)[y_{u+1}].
+    It teaches the prediction network and joint the spelling of words that unspoken text has and paired speech lacks,
+    where the beam search reads it. Gradients reach the prediction network and joint only. Metric ilm_loss (nats per
+    token). rng: dropout key (training mode); None = deterministic."""
+    tokens, token_length = stream["tokens"], stream["token_length"]
+    pred_proj = bound(model, variables, rng).rnnt_predict(tokens, token_length, train=rng is not None)
+    pred_proj = pred_proj[:, :-1]  # f32[B, U, J]: the state before each label
+    logits = model.joint_output_fn(model.joint_params(variables["params"]), pred_proj)  # f32[B, U, V]
+    log_probs = jax.nn.log_softmax(logits[..., 1:], axis=-1)  # labels 1..V-1 at indices 0..V-2
+    labels = jnp.maximum(tokens - 1, 0)[..., None]
+    nll = -jnp.take_along_axis(log_probs, labels, axis=-1)[..., 0]
+    loss = masked_mean(nll, frame_mask(token_length, tokens.shape[1]))
+    return Terms(loss, {"ilm_loss": loss})
+
+
 def ctc_terms(model, variables, h, h_length, tokens, token_length) -> Terms:
     """Per-token CTC loss of the CTC head over feasible examples; metrics ctc_loss and ctc_infeasible (count)."""
     logits = bound(model, variables).ctc_logits(h)
@@ -343,6 +366,9 @@ def combine_stream_terms(model, variables, batch, rng, step, shared: TextInjecti
         metrics.update(paired.metrics)
     if "text" in batch:
         text = text_fn(batch["text"], rng_text)
+        if shared.internal_lm_weight > 0:  # its own key, derived so that the other terms' draws stay as without it
+            lm = internal_lm_terms(model, variables, batch["text"], jax.random.fold_in(rng_text, 1))
+            text = Terms(text.loss + shared.internal_lm_weight * lm.loss, {**text.metrics, **lm.metrics})
         loss = loss + active_from(step, shared.text_start_step) * text.loss
         metrics.update(text.metrics)
     if "speech" in batch and shared.bestrq_weight > 0:
