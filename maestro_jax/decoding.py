@@ -223,6 +223,8 @@ def rnnt_beam_search(
     max_output_length: int,
     blank_id: int = 0,
     nbest: bool = False,
+    ilm_fusion_weight: float = 0.0,
+    length_reward: float = 0.0,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Alignment-length synchronous RNN-T beam search (Saon et al., ICASSP 2020) with prefix merging.
 
@@ -244,16 +246,28 @@ def rnnt_beam_search(
       max_output_length: L, the most labels per hypothesis (static token buffer length).
       blank_id: vocabulary id of blank (also fed as the start token).
       nbest: also return the k finished hypotheses instead of only the best.
+      ilm_fusion_weight: lambda >= 0 of shallow fusion with the model's own internal LM: each label y_u adds
+        lambda * log P_ILM(y_u | y_<u), where P_ILM is the joint fed with the prediction network alone, softmax over
+        the labels without blank (the LM that `objectives.common.internal_lm_terms` trains on unspoken text). A
+        hypothesis then scores log P(y | x) + lambda * log P_ILM(y); prefixes still merge exactly, since the LM term
+        depends on the labels only. 0 (default): plain beam search.
+      length_reward: beta, added to the score for each label: the fusion costs every label lambda * -log P_ILM (about
+        lambda nats), which alone favours deletions. With beta > 0 a score can rise along a path, so live hypotheses are
+        no longer dropped below a full n-best pool's last entry (the search keeps its k best per step either way).
 
     Returns:
       tokens i32[B, L], lengths i32[B], scores f32[B]: the best hypothesis and its log-probability summed over the
-      alignments the search kept (<= log P(tokens | x)). With nbest=True the shapes are [B, k, L], [B, k], [B, k],
-      best first; unused n-best entries score -inf.
+      alignments the search kept (<= log P(tokens | x); plus the fusion and length terms when set). With nbest=True
+      the shapes are [B, k, L], [B, k], [B, k], best first; unused n-best entries score -inf.
     """
     _check_batch("enc_proj", enc_proj, enc_lengths)
     _check_option("beam_size", beam_size, 1)
     _check_option("max_symbols_per_frame", max_symbols_per_frame, 1)
     _check_option("max_output_length", max_output_length, 1)
+    if not ilm_fusion_weight >= 0:
+        raise ValueError(f"ilm_fusion_weight must be >= 0 (0 = no fusion), got {ilm_fusion_weight!r}.")
+    if not length_reward >= 0:
+        raise ValueError(f"length_reward must be >= 0 (0 = none), got {length_reward!r}.")
     batch, frames, joint_dim = enc_proj.shape
     k, out_len = beam_size, max_output_length
     enc_lengths = jnp.clip(enc_lengths.astype(jnp.int32), 0, frames)
@@ -292,6 +306,11 @@ def rnnt_beam_search(
 
         blank_scores = s.score + log_probs[..., blank_id]
         label_scores = s.score[..., None] + log_probs
+        if ilm_fusion_weight:
+            lm_logits = joint_output_fn(joint_params, s.pred_proj.reshape(batch, k, joint_dim)).astype(jnp.float32)
+            lm_log_probs = jax.nn.log_softmax(jnp.where(is_blank, NEG_INF, lm_logits), axis=-1)  # blank: -inf
+            label_scores = label_scores + ilm_fusion_weight * jnp.where(is_blank, 0.0, lm_log_probs)
+        label_scores = label_scores + length_reward
         may_emit = (s.length < out_len) & (s.symbols_at_frame < max_symbols_per_frame)
         label_scores = jnp.where(is_blank | ~may_emit[..., None], NEG_INF, label_scores)
         blank_scores, label_scores = _merge_extensions(blank_scores, label_scores, s.tokens, s.length, alive)
@@ -320,7 +339,8 @@ def rnnt_beam_search(
         carry, pred = _select_rows(emit.reshape(flat), fed, parent_state)
 
         # Scores only fall along a path, so below a full pool's last entry a hypothesis could return only by a merge.
-        score = jnp.where(score < final_score[:, -1:], NEG_INF, score)
+        if not length_reward:
+            score = jnp.where(score < final_score[:, -1:], NEG_INF, score)
         return _BeamState(
             s.step + 1,
             tokens,

@@ -249,6 +249,8 @@ def evaluate(
     manifests: Sequence[str] = (),
     decoder: str = "rnnt_greedy",
     beam_size: int = 4,
+    ilm_fusion_weight: float = 0.0,
+    length_reward: float = 0.0,
     out: str | None = None,
     checkpoint_step: int | None = None,
     use_ema: bool = False,
@@ -262,10 +264,12 @@ def evaluate(
     splits: synthetic-corpus split names (the corpus of the saved operative config); manifests: NeMo JSONL files.
     With neither, DEFAULT_SPLITS. decoder: one of DECODERS (an export has rnnt_greedy only). out: write one JSONL
     row {"source", "id", "reference", "hypothesis"} per utterance there. Returns {source: metrics}, the source being
-    the split name or the manifest path. pad_seconds: batches are padded to a multiple of this many seconds, which
-    bounds the number of compiled shapes (5 s: one shape for the synthetic corpus, the export's first bucket).
-    skip_bad: skip a manifest's unusable rows instead of stopping at the first (`manifest_batches`); a manifest's
-    metrics add `ManifestReport.counts()` and its `skipped` and `level_warnings` lists.
+    the split name or the manifest path. ilm_fusion_weight: rnnt_beam's shallow fusion with the model's internal LM,
+    with length_reward per label (`decoding.rnnt_beam_search`). pad_seconds: batches are padded to a multiple of
+    this many seconds, which bounds the number of compiled shapes (5 s: one shape for the synthetic corpus, the
+    export's first bucket). skip_bad: skip a manifest's unusable rows instead of stopping at the first
+    (`manifest_batches`); a manifest's metrics add `ManifestReport.counts()` and its `skipped` and `level_warnings`
+    lists.
     """
     if (model_dir is None) == (export_dir is None):
         raise ValueError("give exactly one of --model_dir (a training run) or --export_dir (a maestro-export output).")
@@ -275,7 +279,13 @@ def evaluate(
     sources = sources or [("split", s) for s in DEFAULT_SPLITS]
     if model_dir is not None:
         restored = load_model_dir(model_dir, checkpoint_step=checkpoint_step, use_ema=use_ema)
-        transcribe = make_transcriber(restored.model, decoder=decoder, beam_size=beam_size)
+        transcribe = make_transcriber(
+            restored.model,
+            decoder=decoder,
+            beam_size=beam_size,
+            ilm_fusion_weight=ilm_fusion_weight,
+            length_reward=length_reward,
+        )
         variables = restored.variables
         tokenizer_path = checked_tokenizer(restored.model)
     else:

@@ -37,11 +37,14 @@ def transcribe_tokens(
     beam_size: int = 4,
     max_symbols_per_frame: int = 4,
     max_output_length: int = 128,
+    ilm_fusion_weight: float = 0.0,
+    length_reward: float = 0.0,
 ) -> tuple[jax.Array, jax.Array]:
     """waveform f32[B, N], waveform_length i32[B] -> (tokens i32[B, L], lengths i32[B]); jit-able, pure.
 
     decoder: "rnnt_greedy" | "rnnt_beam" (alignment-length synchronous, beam_size hypotheses) | "ctc_greedy".
-    max_output_length: L, the most tokens per utterance.
+    max_output_length: L, the most tokens per utterance. ilm_fusion_weight: rnnt_beam's shallow fusion with the
+    model's internal LM and its per-label length_reward (`decoding.rnnt_beam_search`); 0 = none.
     """
     h, frame_length = encode_for_decoding(model, variables, waveform, waveform_length)
     if decoder == "ctc_greedy":
@@ -65,7 +68,13 @@ def transcribe_tokens(
         )
     elif decoder == "rnnt_beam":
         tokens, lengths, _ = decoding.rnnt_beam_search(
-            enc_proj, frame_length, *callables, beam_size=beam_size, max_output_length=max_output_length
+            enc_proj,
+            frame_length,
+            *callables,
+            beam_size=beam_size,
+            max_output_length=max_output_length,
+            ilm_fusion_weight=ilm_fusion_weight,
+            length_reward=length_reward,
         )
     else:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
@@ -80,10 +89,17 @@ def make_transcriber(
     beam_size: int = 4,
     max_symbols_per_frame: int = 4,
     max_output_length: int = 128,
+    ilm_fusion_weight: float = 0.0,
+    length_reward: float = 0.0,
 ) -> Callable:
     """A jitted fn(variables, waveform, waveform_length) -> (tokens, lengths) for `model` (see transcribe_tokens)."""
     if decoder not in DECODERS:
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {DECODERS}.")
+    if (ilm_fusion_weight or length_reward) and decoder != "rnnt_beam":
+        raise ValueError(
+            f"ilm_fusion_weight={ilm_fusion_weight} and length_reward={length_reward} need decoder='rnnt_beam', "
+            f"not {decoder!r}."
+        )
     return jax.jit(
         functools.partial(
             transcribe_tokens,
@@ -92,6 +108,8 @@ def make_transcriber(
             beam_size=beam_size,
             max_symbols_per_frame=max_symbols_per_frame,
             max_output_length=max_output_length,
+            ilm_fusion_weight=ilm_fusion_weight,
+            length_reward=length_reward,
         )
     )
 

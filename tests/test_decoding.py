@@ -254,6 +254,49 @@ def test_rnnt_exhaustive_beam_returns_every_sequence_with_its_exact_likelihood()
         assert np.all(np.diff(scores[b, : len(sequences)]) <= 0)
 
 
+def np_internal_lm_log_prob(model, labels):
+    """log P_ILM(labels): the joint fed with the prediction network alone, softmax over the labels without blank."""
+    logits = np.tanh(model.np_pred_sequence(labels)[:-1]) @ model.np["out"] + model.np["out_bias"]  # [U, V]
+    log_probs = logits[:, 1:] - np.logaddexp.reduce(logits[:, 1:], axis=-1, keepdims=True)
+    return float(sum(log_probs[u, y - 1] for u, y in enumerate(labels)))
+
+
+def test_rnnt_exhaustive_beam_with_internal_lm_fusion_and_length_reward_scores_every_sequence_exactly():
+    vocab, max_len, weight, reward = 3, 3, 0.7, 0.4
+    model = ToyTransducer(make_toy_weights(6, vocab=vocab, scale=0.7))
+    sequences = [list(s) for n in range(max_len + 1) for s in itertools.product(range(1, vocab), repeat=n)]
+    enc, lengths = random_encoder_batch(7, batch=3, frames=3, scale=0.7)
+    options = dict(beam_size=len(sequences) + 1, max_symbols_per_frame=max_len, max_output_length=max_len, nbest=True)
+    fused_beam = make_beam(model, ilm_fusion_weight=weight, length_reward=reward, **options)
+    tokens, out_lengths, scores = jax.device_get(fused_beam(enc, lengths))
+    plain_best = jax.device_get(make_beam(model, **options)(enc, lengths))
+    for b in range(len(enc)):
+        enc_b = enc[b, : lengths[b]].astype(np.float64)
+        fused = {
+            tuple(y): np_rnnt_log_likelihood(model, enc_b, y)
+            + weight * np_internal_lm_log_prob(model, y)
+            + reward * len(y)
+            for y in sequences
+        }
+        found = decoding.token_lists(tokens[b], out_lengths[b])
+        assert sorted(map(tuple, found[: len(sequences)])) == sorted(fused)
+        for y, score in zip(found[: len(sequences)], scores[b]):
+            np.testing.assert_allclose(score, fused[tuple(y)], rtol=1e-4, atol=1e-4)
+    # The fusion must reorder the n-best somewhere, or this test could not tell it from plain beam search.
+    plain_order = [decoding.token_lists(plain_best[0][b], plain_best[1][b]) for b in range(len(enc))]
+    fused_order = [decoding.token_lists(tokens[b], out_lengths[b]) for b in range(len(enc))]
+    assert plain_order != fused_order
+
+
+@pytest.mark.parametrize("option", ["ilm_fusion_weight", "length_reward"])
+def test_rnnt_beam_rejects_a_negative_fusion_option(model, option):
+    enc, lengths = random_encoder_batch(5, batch=2, frames=4)
+    with pytest.raises(ValueError, match=option):
+        decoding.rnnt_beam_search(
+            enc, lengths, **model.decoder_kwargs(), beam_size=2, max_output_length=3, **{option: -0.5}
+        )
+
+
 @pytest.fixture(scope="module")
 def beam3(model):
     return make_beam(model, beam_size=3, max_output_length=6, nbest=True)

@@ -1,7 +1,8 @@
 """`maestro-eval`: WER/CER of a checkpoint or an export on synthetic-corpus splits and JSONL manifests.
 
 maestro-eval --model_dir DIR | --export_dir DIR [--split test_in_vocab ...] [--manifest file.jsonl ...]
-    [--decoder rnnt_greedy|rnnt_beam|ctc_greedy] [--beam_size 4] [--out hyps.jsonl] [--checkpoint_step N] [--use_ema]
+    [--decoder rnnt_greedy|rnnt_beam|ctc_greedy] [--beam_size 4] [--ilm_fusion_weight 0] [--length_reward 0]
+    [--out hyps.jsonl] [--checkpoint_step N] [--use_ema]
     [--skip_bad]   (skip and report unusable manifest rows instead of stopping at the first)
 maestro-eval --model_dir DIR --retrieval [--split test_in_vocab ...]   (SONAR speech->text retrieval error)
 """
@@ -28,6 +29,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--manifest", action="append", default=[], help="NeMo JSONL manifest (repeatable)")
     parser.add_argument("--decoder", choices=inference.DECODERS, default="rnnt_greedy")
     parser.add_argument("--beam_size", type=int, default=4, help="hypotheses kept by rnnt_beam")
+    parser.add_argument(
+        "--ilm_fusion_weight",
+        type=float,
+        default=0.0,
+        help="rnnt_beam: add this weight times the internal LM's log-probability of each label (shallow fusion with "
+        "the prediction network's LM; 0: none)",
+    )
+    parser.add_argument(
+        "--length_reward", type=float, default=0.0, help="rnnt_beam: added per label (offsets the fusion's deletions)"
+    )
     parser.add_argument("--out", help="write hypotheses here as JSONL {source, id, reference, hypothesis}")
     parser.add_argument("--checkpoint_step", type=int, help="checkpoint step to evaluate (default: the latest)")
     parser.add_argument("--use_ema", action="store_true", help="evaluate the EMA params")
@@ -59,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
             manifests=args.manifest,
             decoder=args.decoder,
             beam_size=args.beam_size,
+            ilm_fusion_weight=args.ilm_fusion_weight,
+            length_reward=args.length_reward,
             out=args.out,
             checkpoint_step=args.checkpoint_step,
             use_ema=args.use_ema,
