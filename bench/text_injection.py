@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/text_injection.py [--workdir runs/text_injection] [--branch_step 2000] [--steps 2000]
         [--sonar_text_steps 2000] [--sonar_speech_steps 4000] [--jobs 4] [--systems supervised,maestro,astra,sonar]
-        [--decoder rnnt_beam] [--beam_size 8]
+        [--decoder rnnt_beam] [--beam_size 8] [--fusion_weights 0,0.15,0.3,0.45] [--length_rewards 0,0.3,0.6,0.9]
         [--gin_file EXTRA.gin ...] [--gin.NAME=VALUE ...]
 
 Protocol: a supervised trunk (paired speech only, gin/experiments/toy_supervised.gin at the peak learning rate)
@@ -13,10 +13,12 @@ MAESTRO and ASTRA (both adding the unspoken-text and untranscribed-speech stream
 test_in_vocab and test_text_only_vocab (every utterance of the latter holds words that occur only in text_train) plus
 the recall of those text-only words, decoded with `--decoder` (RNN-T beam search of 8 by default: the prediction
 network is where text injection puts what it learnt of spelling, and greedy decoding commits to each piece before
-it can weigh the word). SONAR trains stage 1 (text auto-encoder on text_train, from scratch) and stage 2
-(the trunk's speech and shared towers + a fresh pooler on paired_train) and scores speech->text retrieval error on
-both test splits. `--branch_step 0` trains every system from scratch instead. WORKDIR/dev_wer.png plots dev WER
-against step for the trunk and every branch.
+it can weigh the word), with shallow fusion of the model's own internal LM and a per-label reward whose weights each
+system picks on dev from the `--fusion_weights` x `--length_rewards` grid ("0" and "0": plain beam search; dev holds
+in-vocabulary words only, so the choice never sees a text-only word; the plain beam's scores are kept too). SONAR
+trains stage 1 (text auto-encoder on text_train, from scratch) and stage 2 (the trunk's speech and shared towers + a
+fresh pooler on paired_train) and scores speech->text retrieval error on both test splits. `--branch_step 0` trains
+every system from scratch instead. WORKDIR/dev_wer.png plots dev WER against step for the trunk and every branch.
 
 Each stage runs in its own process; `--jobs` chains run at once, each pinned to its share of the CPU cores. Results
 land in WORKDIR/<stage>/result.json; rerunning resumes training from checkpoints and skips finished stages, then
@@ -26,6 +28,7 @@ experiment file (the test runs the tiny model on the tiny corpus this way).
 
 import argparse
 import collections
+import functools
 import json
 import os
 import subprocess
@@ -106,8 +109,15 @@ def run_stage(
     *,
     decoder: str = "rnnt_beam",
     beam_size: int = 8,
+    fusion_weights: tuple[float, ...] = (0.0,),
+    length_rewards: tuple[float, ...] = (0.0,),
 ) -> dict:
-    """Trains one stage to `steps` (resuming) and evaluates it; returns and writes its result.json."""
+    """Trains one stage to `steps` (resuming) and evaluates it; returns and writes its result.json.
+
+    With rnnt_beam and a fusion grid other than (0,) x (0,), the internal-LM fusion weight and length reward are
+    chosen on dev (`evaluation.tune_fusion`: dev has only in-vocabulary words, so the choice never sees a text-only
+    word) and the test splits are scored with them; result["plain_beam_metrics"] keeps the plain beam's scores.
+    """
     from maestro_jax import checkpoints, evaluation, train
     from maestro_jax.gin_utils import configure_gin
     from maestro_jax.metrics import log_to_stderr
@@ -129,16 +139,31 @@ def run_stage(
     start = time.perf_counter()
     if stage in SPEECH_SYSTEMS:
         hypotheses = os.path.join(model_dir, "hypotheses.jsonl")
-        result["metrics"] = evaluation.evaluate(
+        score = functools.partial(
+            evaluation.evaluate,
             model_dir=model_dir,
             splits=SPLITS,
             decoder=decoder,
             beam_size=beam_size,
-            out=hypotheses,
             checkpoint_step=steps,
             progress=False,
         )
+        fusion = {"ilm_fusion_weight": 0.0, "length_reward": 0.0}
+        if decoder == "rnnt_beam" and (any(fusion_weights) or any(length_rewards)):
+            result["fusion"] = evaluation.tune_fusion(
+                model_dir=model_dir,
+                weights=fusion_weights,
+                rewards=length_rewards,
+                beam_size=beam_size,
+                checkpoint_step=steps,
+            )
+            fusion = {key: result["fusion"][key] for key in fusion}
+            if any(fusion.values()):
+                result["plain_beam_metrics"] = score()
+        result["metrics"] = score(out=hypotheses, **fusion)
         result["decoder"] = decoder if decoder != "rnnt_beam" else f"rnnt_beam {beam_size}"
+        if any(fusion.values()):
+            result["decoder"] += f", ILM fusion {fusion['ilm_fusion_weight']:g} + {fusion['length_reward']:g}/label"
         with open(hypotheses) as f:
             rows = [row for row in map(json.loads, f) if row["source"] == "test_text_only_vocab"]
         normalized = [{k: evaluation.normalize_transcript(row[k]) for k in ("reference", "hypothesis")} for row in rows]
@@ -194,7 +219,9 @@ def stage_command(stage: str, args: argparse.Namespace, passthrough: list[str]) 
     }.get(stage, args.steps)
     command = [sys.executable, os.path.abspath(__file__), "--stage", stage, "--workdir", args.workdir]
     command += ["--steps", str(steps), "--branch_step", str(args.branch_step)]
-    return command + ["--decoder", args.decoder, "--beam_size", str(args.beam_size), *passthrough]
+    command += ["--decoder", args.decoder, "--beam_size", str(args.beam_size)]
+    command += ["--fusion_weights", args.fusion_weights, "--length_rewards", args.length_rewards]
+    return command + passthrough
 
 
 def run_chains(chains: list[list[str]], jobs: int, args: argparse.Namespace, passthrough: list[str]) -> None:
@@ -359,6 +386,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--systems", default=",".join(CHAINS), help=f"comma-separated subset of {list(CHAINS)}")
     parser.add_argument("--decoder", default="rnnt_beam", choices=DECODERS, help="how test splits are transcribed")
     parser.add_argument("--beam_size", type=int, default=8, help="hypotheses kept by rnnt_beam")
+    # Shallow fusion with the model's internal LM, tuned on dev (BENCHMARKS.md, "Internal-LM fusion"): "0" and "0"
+    # give the plain beam search.
+    parser.add_argument(
+        "--fusion_weights", default="0,0.15,0.3,0.45", help="rnnt_beam: internal-LM fusion weights tried on dev"
+    )
+    parser.add_argument("--length_rewards", default="0,0.3,0.6,0.9", help="rnnt_beam: per-label rewards tried on dev")
     parser.add_argument("--gin_file", action="append", default=[], help="extra gin file for every stage")
     parser.add_argument("--stage", help=argparse.SUPPRESS)  # internal: run one stage in this process
     args, rest = parser.parse_known_args(argv)
@@ -368,6 +401,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         parser.error(f"unknown systems {sorted(unknown)}; choose from {list(CHAINS)}")
     args.workdir = os.path.abspath(args.workdir)
     return args, bindings
+
+
+def float_list(text: str) -> tuple[float, ...]:
+    return tuple(float(value) for value in text.split(","))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -384,6 +421,8 @@ def main(argv: list[str] | None = None) -> int:
             bindings,
             decoder=args.decoder,
             beam_size=args.beam_size,
+            fusion_weights=float_list(args.fusion_weights),
+            length_rewards=float_list(args.length_rewards),
         )
         return 0
     os.makedirs(args.workdir, exist_ok=True)

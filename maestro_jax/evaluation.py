@@ -330,6 +330,52 @@ def evaluate(
     return results
 
 
+def tune_fusion(
+    *,
+    model_dir: str,
+    weights: Sequence[float],
+    rewards: Sequence[float],
+    split: str = "dev",
+    beam_size: int = 4,
+    checkpoint_step: int | None = None,
+    batch_size: int = 16,
+    pad_seconds: float = 5.0,
+) -> dict:
+    """The (ilm_fusion_weight, length_reward) of rnnt_beam with the lowest WER on `split`, over the grid weights x
+    rewards (`decoding.rnnt_beam_search`), chosen the way an LM weight and insertion reward are chosen: on held-out
+    data, never on the test split reported. Ties keep the earlier grid point (weights outer, rewards inner).
+
+    Returns {"ilm_fusion_weight", "length_reward", "wer", "grid": [{"ilm_fusion_weight", "length_reward", "wer",
+    "cer"}]} (fractions).
+    """
+    restored = load_model_dir(model_dir, checkpoint_step=checkpoint_step)
+    tokenizer = load_processor(checked_tokenizer(restored.model))
+    samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
+    grid = []
+    for weight in weights:
+        for reward in rewards:
+            transcribe = make_transcriber(
+                restored.model, decoder="rnnt_beam", beam_size=beam_size, ilm_fusion_weight=weight, length_reward=reward
+            )
+            batches, total = split_batches(split, batch_size=batch_size, samples_multiple=samples_multiple)
+            rows = transcribe_batches(
+                transcribe, restored.variables, batches, tokenizer.decode, progress=False, total=total
+            )
+            rates = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+            grid.append(
+                {"ilm_fusion_weight": weight, "length_reward": reward, "wer": rates["wer"], "cer": rates["cer"]}
+            )
+    if not grid:
+        raise ValueError("tune_fusion needs at least one ilm_fusion_weight and one length_reward.")
+    best = min(grid, key=lambda point: point["wer"])  # min keeps the first of equal WERs
+    return {
+        "ilm_fusion_weight": best["ilm_fusion_weight"],
+        "length_reward": best["length_reward"],
+        "wer": best["wer"],
+        "grid": grid,
+    }
+
+
 @functools.lru_cache(maxsize=8)
 def _cached_transcriber(model, decoder: str, beam_size: int) -> Callable:
     # One jitted transcriber per (model, decoder) for the whole run, so periodic evaluation compiles once.

@@ -124,6 +124,10 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         "supervised,sonar",
         "--beam_size",
         "2",
+        "--fusion_weights",
+        "0,0.5",
+        "--length_rewards",
+        "0",
         "--gin_file=gin/models/tiny.gin",
         "--gin_file=gin/models/sonar_text_tiny.gin",
         "--gin.CORPUS_SIZE='tiny'",
@@ -144,7 +148,14 @@ def test_end_to_end_on_the_tiny_corpus_then_resume(tmp_path, capsys):
         assert f"warm start from {tmp_path / 'trunk' / 'checkpoints'} step 2" in log, log[-2000:]
     assert results["supervised"]["steps"] == 2 and results["sonar_speech"]["steps"] == 3
     assert "branch_step" not in results["sonar_text"]
-    assert results["supervised"]["decoder"] == "rnnt_beam 2"
+    # The fusion weight was chosen on dev from the grid, and the test splits scored with it.
+    fusion = results["supervised"]["fusion"]
+    assert [p["ilm_fusion_weight"] for p in fusion["grid"]] == [0.0, 0.5] and fusion["length_reward"] == 0.0
+    assert fusion["wer"] == min(p["wer"] for p in fusion["grid"])
+    chosen = fusion["ilm_fusion_weight"]
+    expected_decoder = "rnnt_beam 2" + (f", ILM fusion {chosen:g} + 0/label" if chosen else "")
+    assert results["supervised"]["decoder"] == expected_decoder
+    assert ("plain_beam_metrics" in results["supervised"]) == bool(chosen)
     # The results are those of the stage's own run directory: its metrics.jsonl, hypotheses and checkpoint.
     supervised = results["supervised"]
     model_dir = str(tmp_path / "supervised")

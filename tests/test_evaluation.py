@@ -284,6 +284,27 @@ def test_periodic_eval_hook_scores_like_evaluate_and_compiles_once(run):
     assert evaluation._cached_transcriber.cache_info().misses == 2  # one jitted transcriber per decoder
 
 
+def test_tune_fusion_picks_the_grid_point_with_the_lowest_dev_wer_as_evaluate_scores_it(run):
+    model_dir, _, _ = run
+    tuned = evaluation.tune_fusion(model_dir=model_dir, weights=(0.0, 0.5), rewards=(0.0, 2.0), beam_size=2)
+    grid = {(p["ilm_fusion_weight"], p["length_reward"]): p["wer"] for p in tuned["grid"]}
+    assert sorted(grid) == [(0.0, 0.0), (0.0, 2.0), (0.5, 0.0), (0.5, 2.0)]
+    assert len(set(grid.values())) > 1, "every grid point scores alike: the grid does not probe the options"
+    best = (tuned["ilm_fusion_weight"], tuned["length_reward"])
+    assert tuned["wer"] == grid[best] == min(grid.values())
+    for weight, reward in {best, (0.0, 0.0)}:
+        scored = evaluation.evaluate(
+            model_dir=model_dir,
+            splits=["dev"],
+            decoder="rnnt_beam",
+            beam_size=2,
+            ilm_fusion_weight=weight,
+            length_reward=reward,
+            progress=False,
+        )
+        assert scored["dev"]["wer"] == grid[(weight, reward)]
+
+
 def test_unseen_voices_and_words_manifest_evaluates(run, tmp_path):
     model_dir, _, _ = run
     manifest = unseen_speech.write_unseen_manifest(tmp_path / "unseen")
