@@ -16,17 +16,34 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+MARGINS = ("ratio", "absolute")
+
+
+def _top_k_mean(queries: np.ndarray, keys: np.ndarray, k: int, chunk_size: int) -> np.ndarray:
+    """f64[Q]: mean cosine of each unit query row to its k nearest unit key rows."""
+    means = [
+        np.mean(-np.sort(-(queries[start : start + chunk_size] @ keys.T), axis=1)[:, :k], axis=1)
+        for start in range(0, queries.shape[0], chunk_size)
+    ]
+    return np.concatenate(means)
+
+
 def retrieval_error(
     speech_emb: np.ndarray,
     text_emb: np.ndarray,
     transcripts: Sequence[str] | None = None,
     *,
+    margin: str = "absolute",
+    k: int = 4,
     chunk_size: int = 1024,
 ) -> float:
-    """xsim error rate: share of speech embeddings f32[N, E] whose nearest text embedding f32[N, E] is not theirs.
+    """xsim error rate: share of speech embeddings f32[N, E] whose retrieved text embedding f32[N, E] is not theirs.
 
-    Row i of both arrays belongs to utterance i. Nearest = highest cosine similarity (float64; ties go to the lowest
-    index). A retrieved row j != i still counts as a hit when it holds the same transcript: transcripts[j] ==
+    Row i of both arrays belongs to utterance i. margin="absolute": the text row of highest cosine similarity.
+    margin="ratio" (LASER's xsim default, Artetxe & Schwenk 2019): among the k text rows of highest cosine, the one
+    of highest cos(x, y) / ((mean cosine of x to its k nearest text rows + mean cosine of y to its k nearest speech
+    rows) / 2), which discounts "hub" rows that are near every query. Float64; ties go to the higher cosine, then the
+    lower index. A retrieved row j != i still counts as a hit when it holds the same transcript: transcripts[j] ==
     transcripts[i] if `transcripts` is given, else text_emb[j] identical to text_emb[i]. `chunk_size` bounds the
     similarity block held in memory (chunk_size x N).
     """
@@ -36,18 +53,33 @@ def retrieval_error(
             f"retrieval_error needs speech and text embeddings of the same [N, E] shape, got "
             f"{speech_emb.shape} and {text_emb.shape}."
         )
+    if margin not in MARGINS:
+        raise ValueError(f"retrieval_error margin must be one of {MARGINS}, got {margin!r}.")
     count = speech_emb.shape[0]
     if count == 0:
         raise ValueError("retrieval_error got 0 embeddings; the evaluation set is empty.")
     if transcripts is not None and len(transcripts) != count:
         raise ValueError(f"retrieval_error got {len(transcripts)} transcripts for {count} embeddings.")
+    if k < 1:
+        raise ValueError(f"retrieval_error needs k >= 1 neighbours for the ratio margin, got {k}.")
     speech_unit, text_unit = _unit_rows(speech_emb), _unit_rows(text_emb)
-    nearest = np.concatenate(
-        [
-            np.argmax(speech_unit[start : start + chunk_size] @ text_unit.T, axis=1)
-            for start in range(0, count, chunk_size)
-        ]
-    )
+    k = min(k, count)
+    if margin == "ratio":
+        speech_mean = _top_k_mean(speech_unit, text_unit, k, chunk_size)
+        text_mean = _top_k_mean(text_unit, speech_unit, k, chunk_size)
+    nearest = []
+    for start in range(0, count, chunk_size):
+        cosine = speech_unit[start : start + chunk_size] @ text_unit.T  # [c, N]
+        if margin == "absolute":
+            nearest.append(np.argmax(cosine, axis=1))
+            continue
+        candidates = np.argsort(-cosine, axis=1, kind="stable")[:, :k]  # [c, k], by cosine, then index
+        rows = np.arange(cosine.shape[0])[:, None]
+        scores = cosine[rows, candidates] / (
+            (speech_mean[start : start + chunk_size, None] + text_mean[candidates]) / 2
+        )
+        nearest.append(candidates[rows[:, 0], np.argmax(scores, axis=1)])
+    nearest = np.concatenate(nearest)
     own = np.arange(count)
     if transcripts is not None:
         labels = np.asarray(transcripts, dtype=object)

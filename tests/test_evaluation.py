@@ -17,7 +17,7 @@ import pytest
 import soundfile
 
 import maestro_jax
-from maestro_jax import checkpoints, evaluation, trainer
+from maestro_jax import checkpoints, evaluation, sonar_eval, trainer
 from maestro_jax.cli import eval as eval_cli
 from maestro_jax.data import audio_files, pipeline, synthetic, unseen_speech
 from maestro_jax.models import make_model
@@ -441,7 +441,9 @@ def test_retrieval_error_of_a_sonar_model_dir_matches_numpy_nearest_neighbour(tm
     cosine = (speech / np.linalg.norm(speech, axis=1, keepdims=True)) @ (text / np.linalg.norm(text, axis=1)[:, None]).T
     misses = sum(transcripts[int(np.argmax(row))] != transcripts[i] for i, row in enumerate(cosine))
     assert got["test_in_vocab"]["num_utterances"] == len(transcripts) == 16
-    assert got["test_in_vocab"]["retrieval_error"] == pytest.approx(misses / len(transcripts))
+    assert got["test_in_vocab"]["retrieval_error_cosine"] == pytest.approx(misses / len(transcripts))
+    xsim = sonar_eval.retrieval_error(speech, text, transcripts, margin="ratio", k=4)  # tested against LASER's loop
+    assert got["test_in_vocab"]["retrieval_error"] == pytest.approx(xsim)
     with gin.unlock_config():
         gin.clear_config()
 

@@ -450,6 +450,48 @@ def _numpy_retrieval_error(speech, text, transcripts):
     return errors / len(speech)
 
 
+def _numpy_ratio_margin_error(speech, text, transcripts, k):
+    """LASER's xsim with the ratio margin, one query at a time: k nearest text rows by cosine, each rescored by
+    cos / mean(the query's k-NN mean cosine, the candidate's k-NN mean cosine among the speech rows)."""
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    cosine = unit(speech) @ unit(text).T
+    speech_mean = [np.mean(sorted(row, reverse=True)[:k]) for row in cosine]
+    text_mean = [np.mean(sorted(column, reverse=True)[:k]) for column in cosine.T]
+    errors = 0
+    for i, row in enumerate(cosine):
+        candidates = sorted(range(len(row)), key=lambda j: (-row[j], j))[:k]
+        scores = [row[j] / ((speech_mean[i] + text_mean[j]) / 2) for j in candidates]
+        retrieved = candidates[int(np.argmax(scores))]
+        errors += transcripts[retrieved] != transcripts[i]
+    return errors / len(speech)
+
+
+def test_ratio_margin_retrieval_matches_laser_brute_force_and_discounts_a_hub():
+    rng = np.random.default_rng(11)
+    count, dim = 40, 8
+    text = rng.normal(size=(count, dim))
+    speech = text + 1.1 * rng.normal(size=text.shape)
+    hub = rng.normal(size=dim)
+    text[3] = hub
+    speech += (
+        0.8 * hub / np.linalg.norm(hub) * np.linalg.norm(speech, axis=1, keepdims=True)
+    )  # every query leans to row 3
+    transcripts = [f"t{i}" for i in range(count)]
+    for k in (1, 4, 10):
+        expected = _numpy_ratio_margin_error(speech, text, transcripts, k)
+        assert retrieval_error(speech, text, transcripts, margin="ratio", k=k, chunk_size=7) == pytest.approx(expected)
+    absolute = retrieval_error(speech, text, transcripts)
+    assert absolute == pytest.approx(_numpy_retrieval_error(speech, text, transcripts))
+    # k = 1 keeps only the nearest row, so the margin cannot change the choice.
+    assert retrieval_error(speech, text, transcripts, margin="ratio", k=1) == pytest.approx(absolute)
+    assert retrieval_error(speech, text, transcripts, margin="ratio", k=4) < absolute, "the hub is not discounted"
+    with pytest.raises(ValueError, match="margin"):
+        retrieval_error(speech, text, margin="csls")
+
+
 def test_retrieval_error_matches_numpy_brute_force_with_ties_and_duplicates():
     rng = np.random.default_rng(8)
     text = rng.normal(size=(12, 6))
