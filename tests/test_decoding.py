@@ -10,6 +10,7 @@ import optax
 import pytest
 
 from maestro_jax import decoding
+from maestro_jax.inference import make_transcriber
 
 VOCAB, HIDDEN, JOINT = 5, 6, 7
 
@@ -473,3 +474,5 @@ def test_bad_options_name_the_option(model):
         decoding.rnnt_greedy_decode(enc, lengths, **kwargs, max_symbols_per_frame=0, max_output_length=3)
     with pytest.raises(ValueError, match="blank_id=7"):
         decoding.ctc_greedy_decode(np.zeros((1, 2, 3)), lengths, blank_id=7)
+    with pytest.raises(ValueError, match="need decoder='rnnt_beam'"):  # fusion is a beam-search option only
+        make_transcriber(None, decoder="rnnt_greedy", ilm_fusion_weight=0.3)
