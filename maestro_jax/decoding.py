@@ -308,8 +308,9 @@ def rnnt_beam_search(
         label_scores = s.score[..., None] + log_probs
         if ilm_fusion_weight:
             lm_logits = joint_output_fn(joint_params, s.pred_proj.reshape(batch, k, joint_dim)).astype(jnp.float32)
-            lm_log_probs = jax.nn.log_softmax(jnp.where(is_blank, NEG_INF, lm_logits), axis=-1)  # blank: -inf
-            label_scores = label_scores + ilm_fusion_weight * jnp.where(is_blank, 0.0, lm_log_probs)
+            # Blank gets -inf here; its label score is masked below anyway.
+            lm_log_probs = jax.nn.log_softmax(jnp.where(is_blank, NEG_INF, lm_logits), axis=-1)
+            label_scores = label_scores + ilm_fusion_weight * lm_log_probs
         label_scores = label_scores + length_reward
         may_emit = (s.length < out_len) & (s.symbols_at_frame < max_symbols_per_frame)
         label_scores = jnp.where(is_blank | ~may_emit[..., None], NEG_INF, label_scores)

@@ -112,6 +112,11 @@ def transcribe_batches(
     return rows
 
 
+def rows_error_rates(rows: list[dict]) -> dict[str, float]:
+    """`error_rates` of `transcribe_batches` rows ({"reference", "hypothesis"})."""
+    return error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+
+
 def _as_str(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
@@ -319,7 +324,7 @@ def evaluate(
             )
             total = None
         rows = transcribe_batches(transcribe, variables, batches, tokenizer.decode, progress=progress, total=total)
-        results[name] = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+        results[name] = rows_error_rates(rows)
         if kind == "manifest":
             results[name].update(report.counts(), skipped=report.skipped, level_warnings=report.level_warnings)
         all_rows.extend({"source": name, **row} for row in rows)
@@ -348,6 +353,8 @@ def tune_fusion(
     Returns {"ilm_fusion_weight", "length_reward", "wer", "grid": [{"ilm_fusion_weight", "length_reward", "wer",
     "cer"}]} (fractions).
     """
+    if not weights or not rewards:
+        raise ValueError("tune_fusion needs at least one ilm_fusion_weight and one length_reward.")
     restored = load_model_dir(model_dir, checkpoint_step=checkpoint_step)
     tokenizer = load_processor(checked_tokenizer(restored.model))
     samples_multiple = int(round(pad_seconds * SAMPLE_RATE_HZ))
@@ -361,12 +368,10 @@ def tune_fusion(
             rows = transcribe_batches(
                 transcribe, restored.variables, batches, tokenizer.decode, progress=False, total=total
             )
-            rates = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+            rates = rows_error_rates(rows)
             grid.append(
                 {"ilm_fusion_weight": weight, "length_reward": reward, "wer": rates["wer"], "cer": rates["cer"]}
             )
-    if not grid:
-        raise ValueError("tune_fusion needs at least one ilm_fusion_weight and one length_reward.")
     best = min(grid, key=lambda point: point["wer"])  # min keeps the first of equal WERs
     return {
         "ilm_fusion_weight": best["ilm_fusion_weight"],
@@ -420,7 +425,7 @@ def split_error_rates(
                 )
                 total = None
             rows = transcribe_batches(transcribe, variables, batches, tokenizer.decode, progress=False, total=total)
-            rates = error_rates([r["reference"] for r in rows], [r["hypothesis"] for r in rows])
+            rates = rows_error_rates(rows)
             prefix = f"{split}/" if index == 0 else f"{split}/{decoder}_"
             out[prefix + "wer"], out[prefix + "cer"] = rates["wer"], rates["cer"]
     return out

@@ -22,7 +22,7 @@ MARGINS = ("ratio", "absolute")
 def _top_k_mean(queries: np.ndarray, keys: np.ndarray, k: int, chunk_size: int) -> np.ndarray:
     """f64[Q]: mean cosine of each unit query row to its k nearest unit key rows."""
     means = [
-        np.mean(-np.sort(-(queries[start : start + chunk_size] @ keys.T), axis=1)[:, :k], axis=1)
+        np.mean(-np.partition(-(queries[start : start + chunk_size] @ keys.T), k - 1, axis=1)[:, :k], axis=1)
         for start in range(0, queries.shape[0], chunk_size)
     ]
     return np.concatenate(means)
@@ -65,8 +65,7 @@ def retrieval_error(
     speech_unit, text_unit = _unit_rows(speech_emb), _unit_rows(text_emb)
     k = min(k, count)
     if margin == "ratio":
-        speech_mean = _top_k_mean(speech_unit, text_unit, k, chunk_size)
-        text_mean = _top_k_mean(text_unit, speech_unit, k, chunk_size)
+        text_mean = _top_k_mean(text_unit, speech_unit, k, chunk_size)  # each text row's k nearest speech rows
     nearest = []
     for start in range(0, count, chunk_size):
         cosine = speech_unit[start : start + chunk_size] @ text_unit.T  # [c, N]
@@ -75,9 +74,8 @@ def retrieval_error(
             continue
         candidates = np.argsort(-cosine, axis=1, kind="stable")[:, :k]  # [c, k], by cosine, then index
         rows = np.arange(cosine.shape[0])[:, None]
-        scores = cosine[rows, candidates] / (
-            (speech_mean[start : start + chunk_size, None] + text_mean[candidates]) / 2
-        )
+        candidate_cosine = cosine[rows, candidates]  # the k nearest text rows: their mean is the query's own term
+        scores = candidate_cosine / ((candidate_cosine.mean(axis=1, keepdims=True) + text_mean[candidates]) / 2)
         nearest.append(candidates[rows[:, 0], np.argmax(scores, axis=1)])
     nearest = np.concatenate(nearest)
     own = np.arange(count)
